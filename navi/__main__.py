@@ -1,0 +1,5 @@
+import sys
+
+from navi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,246 @@
+"""What an event means: crash, OOM kill, fatal, or nothing.  No I/O.
+
+The shell asks :func:`triage` which evidence an event needs, gathers it (the
+exit status from supervisord's log, the memory cgroup's figures), and hands
+both to :meth:`Classifier.decide`, which returns the notification to write,
+if any.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Optional
+
+from navi.cgroup import MemorySnapshot
+from navi.exitlog import ExitRecord
+from navi.notification import (
+    SCHEMA_VERSION,
+    EventInfo,
+    ExitInfo,
+    Kind,
+    MemoryInfo,
+    Notification,
+    ProcessInfo,
+    Source,
+)
+from navi.protocol import Event
+
+SIGKILL = 9
+MAX_REMEMBERED_EXITS = 512
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who Navi is and which supervisord feeds it."""
+
+    host: str
+    supervisord_pid: Optional[int]
+    supervisord_started: Optional[datetime]
+    own_group: Optional[str]
+    own_name: Optional[str]
+    navi_version: str
+
+
+class Incident(enum.Enum):
+    EXIT = "exit"  # unexpected EXITED, or BACKOFF: needs exit status and memory
+    FATAL = "fatal"
+
+
+def triage(event: Event, origin: Origin) -> Optional[Incident]:
+    """Which incident an event is, if any."""
+    fields = event.fields
+    if origin.own_group is not None and fields.get("groupname") == origin.own_group:
+        return None
+    name = event.name
+    if name == "PROCESS_STATE_EXITED":
+        return Incident.EXIT if fields.get("expected") == "0" else None
+    if name == "PROCESS_STATE_BACKOFF":
+        return Incident.EXIT
+    if name == "PROCESS_STATE_FATAL":
+        return Incident.FATAL
+    return None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    observed_at: datetime
+    exit: Optional[ExitRecord] = None
+    exit_problem: Optional[str] = None  # why exit is None
+    memory: Optional[MemorySnapshot] = None
+    memory_problem: Optional[str] = None  # why memory is None
+
+
+def event_id(origin: Origin, event: Event) -> str:
+    """Stable over redelivery: serials are unique within one supervisord's life."""
+    key = "\0".join(
+        [
+            origin.host,
+            str(origin.supervisord_pid),
+            origin.supervisord_started.isoformat() if origin.supervisord_started else "",
+            event.header.get("serial", ""),
+            event.name,
+            event.payload,
+        ]
+    )
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def _int(text: Optional[str]) -> Optional[int]:
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def _mib(n: Optional[int]) -> str:
+    return "unknown" if n is None else f"{n / 1048576:.1f} MiB"
+
+
+class Classifier:
+    def __init__(self, origin: Origin, oom_baseline: Optional[int]) -> None:
+        self.origin = origin
+        self.oom_baseline = oom_baseline
+        # The last exit of each program, for the FATAL that may follow.
+        self._last_exit: "OrderedDict[str, ExitInfo]" = OrderedDict()
+
+    def decide(self, event: Event, evidence: Evidence) -> Optional[Notification]:
+        incident = triage(event, self.origin)
+        if incident is None:
+            return None
+        fields = event.fields
+        name, group = fields.get("processname", ""), fields.get("groupname", "")
+        notes: list[str] = []
+        memory, rise = self._memory(evidence, notes)
+        key = f"{group}:{name}"
+        if incident is Incident.FATAL:
+            kind: Kind = "fatal"
+            exit_info = self._last_exit.pop(key, None) or ExitInfo(
+                code=None, signal=None, signal_number=None, core_dumped=None,
+                during_startup=True, log_line=None,
+                unavailable="FATAL carries no exit status and Navi saw no earlier exit of it",
+            )
+            summary = f"supervisord gave up restarting {name} (FATAL)" + _last_words(exit_info)
+            pid = None
+        else:
+            startup = event.name == "PROCESS_STATE_BACKOFF"
+            exit_info = _exit_info(evidence, startup)
+            self._remember(key, exit_info)
+            kind = "oom" if rise else "crash"
+            if exit_info.unavailable:
+                notes.append(f"exit status unknown: {exit_info.unavailable}")
+            record_pid = evidence.exit.pid if evidence.exit else None
+            pid = _int(fields.get("pid")) or record_pid
+            summary = _summary(name, kind, exit_info, memory, startup)
+        return Notification(
+            schema_version=SCHEMA_VERSION,
+            id=event_id(self.origin, event),
+            type=kind,
+            time=evidence.observed_at,
+            summary=summary,
+            process=ProcessInfo(name=name, group=group, pid=pid),
+            exit=exit_info,
+            memory=memory,
+            notes=notes,
+            event=EventInfo(header=dict(event.header), payload=dict(fields)),
+            source=Source(
+                host=self.origin.host,
+                supervisord_pid=self.origin.supervisord_pid,
+                supervisord_started=self.origin.supervisord_started,
+                navi_version=self.origin.navi_version,
+            ),
+        )
+
+    def _memory(self, evidence: Evidence, notes: list[str]) -> tuple[Optional[MemoryInfo], int]:
+        """The memory figures, and how much oom_kill rose (0 when unknown)."""
+        snap = evidence.memory
+        if snap is None:
+            notes.append(
+                f"no memory evidence ({evidence.memory_problem or 'no memory cgroup'}): "
+                "an OOM kill cannot be told from a crash"
+            )
+            return None, 0
+        rise: Optional[int] = None
+        if snap.oom_kill is None:
+            notes.append("the oom_kill counter could not be read: an OOM kill cannot be told from a crash")
+        elif self.oom_baseline is None:
+            notes.append("no earlier oom_kill reading to compare with: an OOM kill cannot be told from a crash")
+        elif snap.oom_kill < self.oom_baseline:
+            notes.append(
+                f"the oom_kill counter went back from {self.oom_baseline} to {snap.oom_kill} "
+                "(a new cgroup?): an OOM kill cannot be told from a crash"
+            )
+        else:
+            rise = snap.oom_kill - self.oom_baseline
+        if snap.oom_kill is not None:
+            self.oom_baseline = snap.oom_kill
+        info = MemoryInfo(
+            cgroup_version=snap.version,
+            cgroup_path=snap.path,
+            limit_bytes=snap.limit_bytes,
+            usage_bytes=snap.usage_bytes,
+            peak_bytes=snap.peak_bytes,
+            oom_kill=snap.oom_kill,
+            oom_kill_rise=rise,
+            problems=list(snap.problems),
+        )
+        return info, rise or 0
+
+    def _remember(self, key: str, exit_info: ExitInfo) -> None:
+        self._last_exit.pop(key, None)
+        self._last_exit[key] = exit_info
+        while len(self._last_exit) > MAX_REMEMBERED_EXITS:
+            self._last_exit.popitem(last=False)
+
+
+def _exit_info(evidence: Evidence, startup: bool) -> ExitInfo:
+    record = evidence.exit
+    if record is None:
+        return ExitInfo(
+            code=None, signal=None, signal_number=None, core_dumped=None,
+            during_startup=startup, log_line=None,
+            unavailable=evidence.exit_problem or "no log line for this exit",
+        )
+    return ExitInfo(
+        code=record.code,
+        signal=record.signal_name,
+        signal_number=record.signal,
+        core_dumped=record.core_dumped,
+        during_startup=startup,
+        log_line=record.line,
+        unavailable=None if record.code is not None or record.signal is not None
+        else "supervisord logged an unknown termination cause",
+    )
+
+
+def _how(exit_info: ExitInfo) -> str:
+    if exit_info.signal is not None:
+        core = " (core dumped)" if exit_info.core_dumped else ""
+        return f"killed by {exit_info.signal}{core}"
+    if exit_info.code is not None:
+        return f"exit status {exit_info.code}"
+    return "exit status unknown"
+
+
+def _last_words(exit_info: ExitInfo) -> str:
+    if exit_info.unavailable and exit_info.log_line is None:
+        return ""
+    return f"; its last exit: {_how(exit_info)}"
+
+
+def _summary(
+    name: str, kind: Kind, exit_info: ExitInfo, memory: Optional[MemoryInfo], startup: bool
+) -> str:
+    when = " during startup" if startup else ""
+    if kind == "crash":
+        return f"{name} crashed{when}: {_how(exit_info)}"
+    assert memory is not None
+    limit = f"memory limit {_mib(memory.limit_bytes)}, peak {_mib(memory.peak_bytes)}"
+    if exit_info.signal_number == SIGKILL or exit_info.code == 128 + SIGKILL:
+        return f"{name} was killed by the kernel's OOM killer{when} ({limit})"
+    # The counter rose but this program was not itself SIGKILLed: the victim
+    # was most likely one of its children.
+    return (
+        f"{name} died{when} ({_how(exit_info)}) after an OOM kill in its container, "
+        f"probably of a child process ({limit})"
+    )

@@ -1,0 +1,163 @@
+"""Exit statuses from supervisord's main log, without I/O.
+
+No event carries a program's exit code or signal; supervisord writes them only
+in its main log, in the same call that queues the EXITED or BACKOFF event:
+
+    2026-11-24 23:00:00,123 INFO spawned: 'web' with pid 4242
+    2026-11-24 23:00:05,456 WARN exited: web (terminated by SIGSEGV (core dumped); not expected)
+
+:class:`ExitLog` is fed the log's text as it grows and pairs each event with
+its own line: by pid where the ``spawned:`` line gave one (exact), otherwise
+in order per program and expectedness (supervisord logs and queues in the
+same order).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Deque, Dict, Optional
+
+_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ (?P<msg>.*)$")
+_EXITED = re.compile(
+    r"^exited: (?P<name>.+) \("
+    r"(?:exit status (?P<code>\d+)"
+    r"|terminated by (?:(?P<signame>SIG[A-Z0-9+-]+)|signal (?P<signum>\d+))(?P<core> \(core dumped\))?"
+    r"|unknown termination cause 0x[0-9a-fA-F]+)"
+    r"; (?P<expected>expected|not expected)\)$"
+)
+_SPAWNED = re.compile(r"^spawned: '(?P<name>.+)' with pid (?P<pid>\d+)$")
+_STARTED = re.compile(r"^supervisord started with pid (?P<pid>\d+)$")
+
+# Bounds, so that a crash storm with lost events cannot grow memory.
+MAX_PER_PROCESS = 32
+MAX_PROCESSES = 512
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    name: str
+    pid: Optional[int]  # from the program's last ``spawned:`` line, if logged
+    code: Optional[int]  # None when killed by a signal
+    signal: Optional[int]
+    core_dumped: bool
+    expected: bool
+    line: str
+    # Logged before this listener was spawned: a previous Navi probably
+    # handled its event already, so it is only ever matched by pid.
+    stale: bool = False
+
+    @property
+    def signal_name(self) -> Optional[str]:
+        if self.signal is None:
+            return None
+        try:
+            return signal.Signals(self.signal).name
+        except ValueError:
+            return f"signal {self.signal}"
+
+
+def parse_exit(message: str) -> Optional[ExitRecord]:
+    """The status in one ``exited:`` message (the text after the level)."""
+    m = _EXITED.match(message)
+    if m is None:
+        return None
+    number: Optional[int] = None
+    if m["signame"]:
+        member = signal.Signals.__members__.get(m["signame"])
+        number = member.value if member is not None else None
+    elif m["signum"]:
+        number = int(m["signum"])
+    return ExitRecord(
+        name=m["name"],
+        pid=None,
+        code=int(m["code"]) if m["code"] is not None else None,
+        signal=number,
+        core_dumped=bool(m["core"]),
+        expected=m["expected"] == "expected",
+        line=message,
+    )
+
+
+class ExitLog:
+    def __init__(self, own_name: Optional[str] = None, own_pid: Optional[int] = None) -> None:
+        self._own_name = own_name
+        self._own_pid = own_pid
+        self._pids: Dict[str, int] = {}
+        self._records: "OrderedDict[str, Deque[ExitRecord]]" = OrderedDict()
+        self._partial = ""
+        self._before_own_spawn = own_name is not None and own_pid is not None
+
+    def feed(self, text: str) -> None:
+        """Take more of the log; a trailing partial line waits for the rest."""
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def _line(self, line: str) -> None:
+        m = _LINE.match(line)
+        if m is None:
+            return
+        message = m["msg"]
+        if _STARTED.match(message):
+            # A new supervisord lifetime: nothing before it can match.
+            self._pids.clear()
+            self._records.clear()
+            return
+        spawned = _SPAWNED.match(message)
+        if spawned is not None:
+            name, pid = spawned["name"], int(spawned["pid"])
+            self._pids[name] = pid
+            if name == self._own_name and pid == self._own_pid:
+                self._before_own_spawn = False
+            return
+        record = parse_exit(message)
+        if record is None:
+            return
+        record = ExitRecord(
+            name=record.name,
+            pid=self._pids.get(record.name),
+            code=record.code,
+            signal=record.signal,
+            core_dumped=record.core_dumped,
+            expected=record.expected,
+            line=line,
+            stale=self._before_own_spawn,
+        )
+        queue = self._records.pop(record.name, None) or deque(maxlen=MAX_PER_PROCESS)
+        queue.append(record)
+        self._records[record.name] = queue  # most recently active last
+        while len(self._records) > MAX_PROCESSES:
+            self._records.popitem(last=False)
+
+    def take(self, name: str, pid: Optional[int], expected: bool) -> Optional[ExitRecord]:
+        """The record of this exit, removed with every older one of ``name``."""
+        queue = self._records.get(name)
+        if not queue:
+            return None
+        found = None
+        if pid is not None:
+            found = next((r for r in queue if r.pid == pid), None)
+        if found is None:
+            # No pid to go by (BACKOFF events carry none, and at loglevel
+            # warn there are no spawned lines): the oldest live record of the
+            # same expectedness, unless pids prove it belongs to another exit.
+            found = next(
+                (
+                    r
+                    for r in queue
+                    if not r.stale
+                    and r.expected == expected
+                    and (pid is None or r.pid is None)
+                ),
+                None,
+            )
+        if found is None:
+            return None
+        while queue and queue[0] is not found:
+            queue.popleft()
+        queue.popleft()
+        return found

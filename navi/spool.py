@@ -1,0 +1,88 @@
+"""Atomic, durable notification files in a directory another system polls.
+
+Maildir's way: write the whole file under a dot-name the consumer ignores,
+fsync it, publish it with ``link`` (atomic, and never replaces: a second
+publication of the same name is a redelivered event), then fsync the
+directory.  All work is relative to one directory fd, opened without
+following symlinks, and files are created with ``O_EXCL|O_NOFOLLOW``: the
+application shares Navi's uid and may plant links in the directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from datetime import datetime
+from typing import Optional
+
+from navi.notification import Notification
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+class SpoolError(Exception):
+    """One line a person can act on."""
+
+
+def file_name(n: Notification) -> str:
+    """``<supervisord start>-<serial>-<type>.json``: sorts in incident order,
+    is the same for a redelivered event, and holds no text from the event."""
+    started: Optional[datetime] = n.source.supervisord_started
+    stamp = started.strftime("%Y%m%dT%H%M%S.%fZ") if started else "00000000T000000.000000Z"
+    serial = n.event.header.get("serial", "")
+    number = int(serial) if serial.isdigit() else 0
+    return f"{stamp}-{number:012d}-{n.type}.json"
+
+
+class Spool:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        try:
+            self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise SpoolError(f"notifications directory {directory}: {e.strerror}") from None
+        if not os.access(directory, os.W_OK | os.X_OK):
+            os.close(self._fd)
+            raise SpoolError(f"notifications directory {directory}: not writable by uid {os.geteuid()}")
+        self._counter = 0
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def publish(self, name: str, data: bytes) -> bool:
+        """Publish ``data`` as ``name``; False if that name is already there."""
+        self._counter += 1
+        temp = f".{name}.{os.getpid()}.{self._counter}.tmp"
+        try:
+            fd = os.open(temp, _CREATE, 0o644, dir_fd=self._fd)
+        except OSError as e:
+            raise self._error("create", temp, e) from None
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(temp, name, src_dir_fd=self._fd, dst_dir_fd=self._fd, follow_symlinks=False)
+                published = True
+            except FileExistsError:
+                published = False
+        except OSError as e:
+            raise self._error("write", name, e) from None
+        finally:
+            try:
+                os.unlink(temp, dir_fd=self._fd)
+            except OSError:
+                pass
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            raise self._error("fsync directory for", name, e) from None
+        return published
+
+    def _error(self, step: str, name: str, e: OSError) -> SpoolError:
+        full = "disk or quota full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
+        return SpoolError(f"cannot {step} {os.path.join(self.directory, name)}: {full}")
