@@ -102,7 +102,7 @@ class Classifier:
         self.origin = origin
         self.oom_baseline = oom_baseline
         # The last exit of each program, for the FATAL that may follow.
-        self._last_exit: "OrderedDict[str, ExitInfo]" = OrderedDict()
+        self._last_exit: OrderedDict[str, ExitInfo] = OrderedDict()
 
     def decide(self, event: Event, evidence: Evidence) -> Optional[Notification]:
         incident = triage(event, self.origin)

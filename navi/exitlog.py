@@ -18,7 +18,7 @@ import re
 import signal
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Deque, Dict, Optional
+from typing import Optional
 
 _LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ (?P<msg>.*)$")
 _EXITED = re.compile(
@@ -85,8 +85,8 @@ class ExitLog:
     def __init__(self, own_name: Optional[str] = None, own_pid: Optional[int] = None) -> None:
         self._own_name = own_name
         self._own_pid = own_pid
-        self._pids: Dict[str, int] = {}
-        self._records: "OrderedDict[str, Deque[ExitRecord]]" = OrderedDict()
+        self._pids: dict[str, int] = {}
+        self._records: OrderedDict[str, deque[ExitRecord]] = OrderedDict()
         self._partial = ""
         self._before_own_spawn = own_name is not None and own_pid is not None
 

@@ -178,7 +178,7 @@ def serve(shell: Shell, stdin_fd: int, protocol_fd: int) -> int:
         elif isinstance(received, Event):
             try:
                 shell.handle(received)
-            except Exception as e:  # noqa: BLE001 - one line, then keep the pipe moving
+            except Exception as e:
                 log.error("internal error on %s, event acknowledged: %s: %s", received.name, type(e).__name__, e)
         _write_all(protocol_fd, proto.send_ok())
 

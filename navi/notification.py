@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Dict, List, Literal, Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,12 +48,12 @@ class MemoryInfo(_Model):
     oom_kill_rise: Optional[int] = Field(
         description="how much oom_kill rose since Navi last looked; null when it cannot tell"
     )
-    problems: List[str] = Field(description="figures that could not be read, and why")
+    problems: list[str] = Field(description="figures that could not be read, and why")
 
 
 class EventInfo(_Model):
-    header: Dict[str, str] = Field(description="the event's header tokens, as received")
-    payload: Dict[str, str] = Field(description="the event's payload tokens, as received")
+    header: dict[str, str] = Field(description="the event's header tokens, as received")
+    payload: dict[str, str] = Field(description="the event's payload tokens, as received")
 
 
 class Source(_Model):
@@ -72,7 +72,7 @@ class Notification(_Model):
     process: ProcessInfo
     exit: ExitInfo
     memory: Optional[MemoryInfo]
-    notes: List[str] = Field(description="what Navi could not establish, and why")
+    notes: list[str] = Field(description="what Navi could not establish, and why")
     event: EventInfo
     source: Source
 

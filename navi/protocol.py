@@ -12,7 +12,7 @@ from __future__ import annotations
 import codecs
 import enum
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Union
+from typing import Optional, Union
 
 READY = b"READY\n"
 OK = b"RESULT 2\nOK"
@@ -23,9 +23,9 @@ MAX_HEADER_BYTES = 4096
 MAX_PAYLOAD_CHARS = 64 * 1024
 
 
-def parse_tokens(line: str) -> Dict[str, str]:
+def parse_tokens(line: str) -> dict[str, str]:
     """``key:value`` tokens separated by spaces, as supervisord writes them."""
-    fields: Dict[str, str] = {}
+    fields: dict[str, str] = {}
     for token in line.split(" "):
         if token:
             key, _, value = token.partition(":")
@@ -35,9 +35,9 @@ def parse_tokens(line: str) -> Dict[str, str]:
 
 @dataclass(frozen=True)
 class Event:
-    header: Dict[str, str]
+    header: dict[str, str]
     payload: str
-    fields: Dict[str, str] = field(init=False)
+    fields: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
         # Only the first payload line is key:value; PROCESS_COMMUNICATION
@@ -88,7 +88,7 @@ class Listener:
         self._max_payload = max_payload_chars
         self._buffer = bytearray()
         self._eof = False
-        self._header: Optional[Dict[str, str]] = None
+        self._header: Optional[dict[str, str]] = None
         self._need = 0  # payload characters still to come
         self._chars: list[str] = []
         self._kept = 0  # characters held in _chars
@@ -116,10 +116,7 @@ class Listener:
     def next_event(self) -> Received:
         if self.state is not State.READY:
             raise ProtocolMisuse(f"reading an event while {self.state.value}")
-        if self._header is None:
-            result = self._read_header()
-        else:
-            result = self._read_payload()
+        result = self._read_header() if self._header is None else self._read_payload()
         if isinstance(result, (Event, BadInput)):
             self.state = State.BUSY
         return result

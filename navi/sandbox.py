@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Optional
 
 MNT_DIRS = ("app", "home", "log", "notifications", "tmp")
 
@@ -39,7 +39,7 @@ def render(text: str, mnt: Path, user: str) -> str:
 
 class Sandbox:
     def __init__(self, programs: str, root: Optional[Path] = None, cgroup_dir: Optional[str] = None,
-                 env: Optional[Dict[str, str]] = None) -> None:
+                 env: Optional[dict[str, str]] = None) -> None:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="navi-sandbox-")) if root is None else root
         self.mnt = self.root / "mnt"
@@ -66,7 +66,7 @@ class Sandbox:
         for name in ("SUPERVISOR_SERVER_URL", "SUPERVISOR_PROCESS_NAME", "SUPERVISOR_GROUP_NAME"):
             self.env.pop(name, None)
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         try:
             self.start()
         except BaseException:
@@ -101,7 +101,7 @@ class Sandbox:
         )
         return done.stdout
 
-    def status(self) -> Dict[str, str]:
+    def status(self) -> dict[str, str]:
         states = {}
         for line in self.ctl("status").splitlines():
             parts = line.split()
@@ -112,8 +112,10 @@ class Sandbox:
     def pid(self, name: str) -> int:
         return int(self.ctl("pid", name).strip())
 
-    def notifications_list(self) -> List[Dict[str, Any]]:
-        files = sorted(p for p in self.notifications.iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
+    def notifications_list(self) -> list[dict[str, Any]]:
+        files = sorted(
+            p for p in self.notifications.iterdir() if p.name.endswith(".json") and not p.name.startswith(".")
+        )
         return [json.loads(p.read_text()) for p in files]
 
     def wait_for(self, ready: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -129,12 +131,12 @@ class Sandbox:
                 raise TimeoutError(f"waited {timeout}s for {what}")
             time.sleep(0.05)
 
-    def wait_notifications(self, count: int, timeout: float = 20) -> List[Dict[str, Any]]:
-        def enough() -> Optional[List[Dict[str, Any]]]:
+    def wait_notifications(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+        def enough() -> Optional[list[dict[str, Any]]]:
             found = self.notifications_list()
             return found if len(found) >= count else None
 
-        result: List[Dict[str, Any]] = self.wait_for(enough, timeout, f"{count} notification(s)")
+        result: list[dict[str, Any]] = self.wait_for(enough, timeout, f"{count} notification(s)")
         return result
 
     def log(self, name: str) -> str:

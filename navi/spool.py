@@ -10,6 +10,7 @@ application shares Navi's uid and may plant links in the directory.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from datetime import datetime
@@ -40,7 +41,8 @@ class Spool:
         try:
             self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
-            raise SpoolError(f"notifications directory {directory}: {e.strerror}") from None
+            why = "not a directory (symlinks are not followed)" if e.errno in (errno.ENOTDIR, errno.ELOOP) else e.strerror
+            raise SpoolError(f"notifications directory {directory}: {why}") from None
         if not os.access(directory, os.W_OK | os.X_OK):
             os.close(self._fd)
             raise SpoolError(f"notifications directory {directory}: not writable by uid {os.geteuid()}")
@@ -73,10 +75,8 @@ class Spool:
         except OSError as e:
             raise self._error("write", name, e) from None
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=self._fd)
-            except OSError:
-                pass
         try:
             os.fsync(self._fd)
         except OSError as e:

@@ -14,7 +14,7 @@ import os
 import socket
 import xmlrpc.client
 from datetime import datetime, timezone
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 FIRST_TAIL = 1 << 20  # at start, enough for the current supervisord's recent past
 TAIL = 16 << 10
@@ -26,28 +26,39 @@ class LogUnavailable(Exception):
     """One line saying why supervisord's log could not be read."""
 
 
-def new_lines(tail: str, anchor: Optional[str], whole: bool) -> Tuple[Optional[str], Optional[str]]:
-    """The complete lines of ``tail`` after ``anchor`` (the last line already
+ANCHOR_LINES = 3
+
+
+def new_lines(tail: str, anchor: Optional[str], whole: bool) -> tuple[Optional[str], Optional[str]]:
+    """The complete lines of ``tail`` after ``anchor`` (the last lines already
     seen), and the new anchor; ``(None, anchor)`` when the tail is too short to
-    hold the anchor and a longer one is needed."""
+    hold the anchor and a longer one is needed.
+
+    The anchor is several lines, each with supervisord's millisecond time
+    stamp, so it does not recur in a real log.
+    """
     if not whole:
         # The tail starts mid-line (perhaps mid-character): drop that line.
         tail = tail[tail.find("\n") + 1 :] if "\n" in tail else ""
+    seen = ""  # the lines before the new ones in this log, for the next anchor
     if anchor is not None:
         at = tail.rfind("\n" + anchor + "\n")
         if at >= 0:
             tail = tail[at + len(anchor) + 2 :]
+            seen = anchor + "\n"
         elif tail.startswith(anchor + "\n"):
             tail = tail[len(anchor) + 1 :]
+            seen = anchor + "\n"
         elif not whole:
             return None, anchor
         # else: the whole log lacks the anchor: it was rotated or cleared,
         # and all of it is new.
     end = tail.rfind("\n")
     if end < 0:
-        return "", anchor
+        return "", anchor if seen else None
     complete = tail[: end + 1]
-    return complete, complete[:-1].rsplit("\n", 1)[-1]
+    seen += complete
+    return complete, "\n".join(seen[:-1].rsplit("\n", ANCHOR_LINES)[-ANCHOR_LINES:])
 
 
 class LogTail:

@@ -1,0 +1,227 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Optional
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from navi.cgroup import MemorySnapshot
+from navi.classify import Classifier, Evidence, Incident, Origin, event_id, triage
+from navi.exitlog import ExitRecord, parse_exit
+from navi.protocol import Event
+
+ORIGIN = Origin(
+    host="c0ffee",
+    supervisord_pid=7,
+    supervisord_started=datetime(2026, 11, 24, 23, 0, tzinfo=timezone.utc),
+    own_group="navi",
+    own_name="navi",
+    navi_version="test",
+)
+NOW = datetime(2026, 11, 24, 23, 5, 1, 250000, tzinfo=timezone.utc)
+
+
+def event(name: str, payload: str, serial: int = 1) -> Event:
+    header = {
+        "ver": "3.0", "server": "supervisor", "serial": str(serial), "pool": "navi",
+        "poolserial": str(serial), "eventname": name, "len": str(len(payload)),
+    }
+    return Event(header, payload)
+
+
+def exited(name: str = "web", expected: int = 0, pid: int = 42, serial: int = 1) -> Event:
+    payload = f"processname:{name} groupname:{name} from_state:RUNNING expected:{expected} pid:{pid}"
+    return event("PROCESS_STATE_EXITED", payload, serial)
+
+
+def backoff(name: str = "web", serial: int = 1) -> Event:
+    return event("PROCESS_STATE_BACKOFF", f"processname:{name} groupname:{name} from_state:STARTING tries:1", serial)
+
+
+def fatal(name: str = "web", serial: int = 9) -> Event:
+    return event("PROCESS_STATE_FATAL", f"processname:{name} groupname:{name} from_state:BACKOFF", serial)
+
+
+def record(how: str, pid: Optional[int] = 42) -> ExitRecord:
+    parsed = parse_exit(f"exited: web ({how}; not expected)")
+    assert parsed is not None
+    return ExitRecord(parsed.name, pid, parsed.code, parsed.signal, parsed.core_dumped, parsed.expected,
+                      f"2026-11-24 23:05:01,200 WARN {parsed.line}")
+
+
+def memory(oom_kill: Optional[int], problems: tuple[str, ...] = ()) -> MemorySnapshot:
+    return MemorySnapshot(version=1, path="/sys/fs/cgroup/memory", limit_bytes=64 << 20,
+                          usage_bytes=60 << 20, peak_bytes=64 << 20, oom_kill=oom_kill, problems=problems)
+
+
+def evidence(how: Optional[str] = "exit status 3", oom_kill: Optional[int] = 0) -> Evidence:
+    return Evidence(observed_at=NOW, exit=record(how) if how else None,
+                    exit_problem=None if how else "supervisord has no main log file",
+                    memory=memory(oom_kill))
+
+
+@pytest.mark.parametrize(
+    ("ev", "incident"),
+    [
+        (exited(expected=0), Incident.EXIT),
+        (exited(expected=1), None),
+        (backoff(), Incident.EXIT),
+        (fatal(), Incident.FATAL),
+        (exited(name="navi"), None),  # Navi's own pool
+        (event("PROCESS_STATE_STOPPED", "processname:web groupname:web from_state:STOPPING pid:4"), None),
+        (event("PROCESS_STATE_RUNNING", "processname:web groupname:web from_state:STARTING pid:4"), None),
+        (event("TICK_5", "when:1"), None),
+        (event("SUPERVISOR_STATE_CHANGE_RUNNING", ""), None),
+    ],
+)
+def test_triage(ev: Event, incident: Optional[Incident]) -> None:
+    assert triage(ev, ORIGIN) is incident
+
+
+def test_crash_with_exit_code() -> None:
+    n = Classifier(ORIGIN, oom_baseline=0).decide(exited(), evidence("exit status 3"))
+    assert n is not None
+    assert n.type == "crash"
+    assert (n.exit.code, n.exit.signal, n.exit.signal_number, n.exit.core_dumped) == (3, None, None, False)
+    assert n.exit.during_startup is False
+    assert (n.process.name, n.process.group, n.process.pid) == ("web", "web", 42)
+    assert n.summary == "web crashed: exit status 3"
+    assert n.memory is not None and n.memory.oom_kill_rise == 0
+    assert n.notes == []
+
+
+def test_sigkill_without_counter_rise_is_a_crash() -> None:
+    n = Classifier(ORIGIN, oom_baseline=2).decide(exited(), evidence("terminated by SIGKILL", oom_kill=2))
+    assert n is not None and n.type == "crash"
+    assert (n.exit.signal, n.exit.signal_number, n.exit.code) == ("SIGKILL", 9, None)
+
+
+def test_exit_137_without_counter_rise_is_a_crash() -> None:
+    n = Classifier(ORIGIN, oom_baseline=0).decide(exited(), evidence("exit status 137", oom_kill=0))
+    assert n is not None and n.type == "crash" and n.exit.code == 137
+
+
+def test_counter_rise_is_an_oom_kill() -> None:
+    c = Classifier(ORIGIN, oom_baseline=1)
+    n = c.decide(exited(), evidence("terminated by SIGKILL", oom_kill=3))
+    assert n is not None and n.type == "oom"
+    assert n.memory is not None
+    assert (n.memory.oom_kill, n.memory.oom_kill_rise, n.memory.limit_bytes) == (3, 2, 64 << 20)
+    assert "OOM killer" in n.summary and "64.0 MiB" in n.summary
+    # The next death without a new kill is a crash again.
+    again = c.decide(exited(serial=2), evidence("terminated by SIGKILL", oom_kill=3))
+    assert again is not None and again.type == "crash"
+
+
+def test_oom_of_a_child_is_said_so() -> None:
+    n = Classifier(ORIGIN, oom_baseline=0).decide(exited(), evidence("exit status 1", oom_kill=1))
+    assert n is not None and n.type == "oom" and n.exit.code == 1
+    assert "child" in n.summary
+
+
+def test_backoff_is_a_death_during_startup() -> None:
+    n = Classifier(ORIGIN, oom_baseline=0).decide(backoff(), evidence("exit status 1"))
+    assert n is not None and n.type == "crash" and n.exit.during_startup
+    assert n.summary == "web crashed during startup: exit status 1"
+    assert n.process.pid == 42  # from the log's spawned line: BACKOFF carries none
+
+
+def test_fatal_carries_the_last_exit() -> None:
+    c = Classifier(ORIGIN, oom_baseline=0)
+    c.decide(backoff(serial=1), evidence("exit status 1"))
+    c.decide(backoff(serial=2), evidence("exit status 2"))
+    n = c.decide(fatal(), Evidence(observed_at=NOW, memory=memory(0)))
+    assert n is not None and n.type == "fatal"
+    assert n.exit.code == 2 and n.exit.during_startup
+    assert n.summary == "supervisord gave up restarting web (FATAL); its last exit: exit status 2"
+
+
+def test_fatal_without_earlier_exit() -> None:
+    n = Classifier(ORIGIN, oom_baseline=0).decide(fatal(), Evidence(observed_at=NOW, memory=memory(0)))
+    assert n is not None and n.type == "fatal" and n.exit.code is None
+    assert n.exit.unavailable and "FATAL" in n.exit.unavailable
+    assert n.summary == "supervisord gave up restarting web (FATAL)"
+
+
+def test_unknown_exit_status_is_null_with_reason() -> None:
+    n = Classifier(ORIGIN, oom_baseline=0).decide(exited(), evidence(how=None))
+    assert n is not None
+    assert (n.exit.code, n.exit.signal, n.exit.core_dumped) == (None, None, None)
+    assert n.exit.unavailable == "supervisord has no main log file"
+    assert any("exit status unknown" in note for note in n.notes)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "counter", "note"),
+    [
+        (0, None, "could not be read"),
+        (None, 1, "no earlier oom_kill reading"),
+        (5, 1, "went back from 5 to 1"),
+    ],
+)
+def test_no_counter_means_crash_with_evidence_never_a_guess(
+    baseline: Optional[int], counter: Optional[int], note: str
+) -> None:
+    c = Classifier(ORIGIN, oom_baseline=baseline)
+    n = c.decide(exited(), evidence("terminated by SIGKILL", oom_kill=counter))
+    assert n is not None and n.type == "crash"
+    assert n.memory is not None and n.memory.oom_kill_rise is None
+    assert any(note in x for x in n.notes)
+    if counter is not None:
+        assert c.oom_baseline == counter  # compared from here on
+
+
+def test_no_memory_cgroup() -> None:
+    ev = Evidence(observed_at=NOW, exit=record("terminated by SIGKILL"), memory=None,
+                  memory_problem="cannot read /proc/self/cgroup: Permission denied")
+    n = Classifier(ORIGIN, oom_baseline=None).decide(exited(), ev)
+    assert n is not None and n.type == "crash" and n.memory is None
+    assert any("Permission denied" in x and "cannot be told" in x for x in n.notes)
+
+
+def test_no_notification_for_other_events() -> None:
+    c = Classifier(ORIGIN, oom_baseline=0)
+    assert c.decide(exited(expected=1), evidence()) is None
+    assert c.decide(exited(name="navi"), evidence()) is None
+
+
+def test_ids_are_stable_and_distinct() -> None:
+    assert event_id(ORIGIN, exited(serial=5)) == event_id(ORIGIN, exited(serial=5))
+    assert event_id(ORIGIN, exited(serial=5)) != event_id(ORIGIN, exited(serial=6))
+    other = Origin(**{**ORIGIN.__dict__, "supervisord_pid": 8})
+    assert event_id(ORIGIN, exited(serial=5)) != event_id(other, exited(serial=5))
+
+
+def test_json_has_the_required_keys() -> None:
+    n = Classifier(ORIGIN, oom_baseline=0).decide(exited(name="wëb"), evidence("terminated by SIGSEGV (core dumped)"))
+    assert n is not None
+    doc = json.loads(n.to_json())
+    assert doc["schema"] == 1
+    assert doc["type"] == "crash"
+    assert doc["time"] == "2026-11-24T23:05:01.250000Z"
+    assert doc["process"] == {"name": "wëb", "group": "wëb", "pid": 42}
+    assert doc["exit"]["signal"] == "SIGSEGV" and doc["exit"]["signal_number"] == 11
+    assert doc["exit"]["core_dumped"] is True and doc["exit"]["code"] is None
+    # A consumer of the original Navi still finds these.
+    assert doc["event"]["header"]["eventname"] == "PROCESS_STATE_EXITED"
+    assert doc["event"]["payload"]["processname"] == "wëb" and doc["event"]["payload"]["pid"] == "42"
+    assert set(doc) >= {"schema", "id", "type", "time", "process", "exit", "event"}
+
+
+@given(st.lists(st.integers(0, 5), max_size=30))
+def test_each_kill_is_reported_exactly_once(rises: list[int]) -> None:
+    """Over any run of deaths with a growing counter, the rises reported add
+    up to the counter's growth, and a death is oom exactly when it rose."""
+    c = Classifier(ORIGIN, oom_baseline=10)
+    counter = 10
+    reported = 0
+    for serial, rise in enumerate(rises):
+        counter += rise
+        n = c.decide(exited(serial=serial), evidence("terminated by SIGKILL", oom_kill=counter))
+        assert n is not None and n.memory is not None
+        assert (n.type == "oom") == (rise > 0)
+        reported += n.memory.oom_kill_rise or 0
+    assert reported == counter - 10

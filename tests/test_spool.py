@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import errno
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from navi.spool import Spool, SpoolError, file_name
+from tests.test_classify import ORIGIN, evidence, exited
+from navi.classify import Classifier
+
+
+def notification(serial: int, name: str = "web") -> Any:
+    n = Classifier(ORIGIN, oom_baseline=0).decide(exited(name=name, serial=serial), evidence())
+    assert n is not None
+    return n
+
+
+def test_publish_writes_the_whole_file_and_no_temp(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path))
+    assert spool.publish("a.json", b'{"x": 1}\n') is True
+    assert (tmp_path / "a.json").read_bytes() == b'{"x": 1}\n'
+    assert os.listdir(tmp_path) == ["a.json"]
+    assert (tmp_path / "a.json").stat().st_nlink == 1
+
+
+def test_same_name_twice_is_one_file(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path))
+    assert spool.publish("a.json", b"first") is True
+    assert spool.publish("a.json", b"second") is False
+    assert (tmp_path / "a.json").read_bytes() == b"first"
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_names_sort_in_incident_order_and_hold_no_event_text() -> None:
+    names = [file_name(notification(s, name="wëb/../x")) for s in (9, 10, 100, 2000)]
+    assert names == sorted(names)
+    for name in names:
+        assert re.fullmatch(r"20261124T230000\.000000Z-\d{12}-crash\.json", name)
+    # A redelivered event gets the same name, whatever its time of arrival.
+    assert file_name(notification(9)) == names[0]
+
+
+def test_planted_symlink_at_the_final_name_is_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious")
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "a.json").symlink_to(outside)
+    assert Spool(str(spool_dir)).publish("a.json", b"data") is False
+    assert outside.read_bytes() == b"precious"
+    assert sorted(os.listdir(spool_dir)) == ["a.json"]
+
+
+def test_directory_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(SpoolError, match="link: not a directory"):
+        Spool(str(tmp_path / "link"))
+
+
+def test_missing_directory_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(SpoolError) as info:
+        Spool(str(tmp_path / "nope"))
+    assert str(info.value) == f"notifications directory {tmp_path / 'nope'}: No such file or directory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to a read-only directory")
+def test_unwritable_directory(tmp_path: Path) -> None:
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(SpoolError, match="not writable"):
+            Spool(str(tmp_path))
+    finally:
+        tmp_path.chmod(0o700)
+
+
+@pytest.mark.parametrize("step", ["fsync", "link"])
+def test_full_disk_is_an_error_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    spool = Spool(str(tmp_path))
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, step, full)
+    with pytest.raises(SpoolError, match="disk or quota full"):
+        spool.publish("a.json", b"data")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
