@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import signal
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 _LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ (?P<msg>.*)$")
@@ -46,7 +46,8 @@ class ExitRecord:
     expected: bool
     line: str
     # Logged before this listener was spawned: a previous Navi probably
-    # handled its event already, so it is only ever matched by pid.
+    # handled its event already, so it is only ever matched by pid.  (When
+    # the spawn line is older than what was read, nothing read is stale.)
     stale: bool = False
 
     @property
@@ -88,7 +89,6 @@ class ExitLog:
         self._pids: dict[str, int] = {}
         self._records: OrderedDict[str, deque[ExitRecord]] = OrderedDict()
         self._partial = ""
-        self._before_own_spawn = own_name is not None and own_pid is not None
 
     def feed(self, text: str) -> None:
         """Take more of the log; a trailing partial line waits for the rest."""
@@ -112,21 +112,13 @@ class ExitLog:
             name, pid = spawned["name"], int(spawned["pid"])
             self._pids[name] = pid
             if name == self._own_name and pid == self._own_pid:
-                self._before_own_spawn = False
+                for other, queue in self._records.items():
+                    self._records[other] = deque((replace(r, stale=True) for r in queue), maxlen=MAX_PER_PROCESS)
             return
         record = parse_exit(message)
         if record is None:
             return
-        record = ExitRecord(
-            name=record.name,
-            pid=self._pids.get(record.name),
-            code=record.code,
-            signal=record.signal,
-            core_dumped=record.core_dumped,
-            expected=record.expected,
-            line=line,
-            stale=self._before_own_spawn,
-        )
+        record = replace(record, pid=self._pids.get(record.name), line=line)
         queue = self._records.pop(record.name, None) or deque(maxlen=MAX_PER_PROCESS)
         queue.append(record)
         self._records[record.name] = queue  # most recently active last

@@ -41,7 +41,8 @@ class Spool:
         try:
             self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
-            why = "not a directory (symlinks are not followed)" if e.errno in (errno.ENOTDIR, errno.ELOOP) else e.strerror
+            symlink = e.errno in (errno.ENOTDIR, errno.ELOOP)
+            why = "not a directory (symlinks are not followed)" if symlink else e.strerror
             raise SpoolError(f"notifications directory {directory}: {why}") from None
         if not os.access(directory, os.W_OK | os.X_OK):
             os.close(self._fd)

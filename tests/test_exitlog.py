@@ -61,7 +61,12 @@ def test_parse_exit_odd_names(name: str) -> None:
 
 @pytest.mark.parametrize(
     "message",
-    ["stopped: web (terminated by SIGTERM)", "exited: web (exit status x; not expected)", "exited: web", "gave up: web"],
+    [
+        "stopped: web (terminated by SIGTERM)",
+        "exited: web (exit status x; not expected)",
+        "exited: web",
+        "gave up: web",
+    ],
 )
 def test_parse_exit_ignores_other_lines(message: str) -> None:
     assert parse_exit(message) is None
@@ -139,6 +144,13 @@ def test_records_before_our_own_spawn_match_only_by_pid() -> None:
     redelivered.feed(spawned("w", 10) + exited("w", "exit status 1") + spawned("navi", 500))
     record = redelivered.take("w", 10, expected=False)
     assert record is not None and record.code == 1 and record.stale
+
+
+def test_without_our_spawn_line_in_sight_nothing_is_stale() -> None:
+    log = ExitLog(own_name="navi", own_pid=500)  # its spawn line is older than the tail read
+    log.feed(spawned("w", 11) + exited("w", "exit status 2"))
+    record = log.take("w", None, expected=False)
+    assert record is not None and record.code == 2 and not record.stale
 
 
 def test_partial_lines_wait_for_the_rest() -> None:

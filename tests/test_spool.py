@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from navi.classify import Classifier
 from navi.spool import Spool, SpoolError, file_name
 from tests.test_classify import ORIGIN, evidence, exited
-from navi.classify import Classifier
 
 
 def notification(serial: int, name: str = "web") -> Any:

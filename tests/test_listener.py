@@ -1,0 +1,228 @@
+"""``navi listen`` as a process, driven as supervisord drives it, on file trees
+that reproduce the kernel's cgroup v2 formats and supervisord's log."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from navi.protocol import OK, READY
+from tests.test_protocol import envelope
+
+LOG_TIME = "2026-11-24 23:00:00,123"
+
+
+class FakeSupervisord:
+    """Speaks the protocol to a listener subprocess, strictly: every byte on
+    its stdout must be the token the protocol expects at that moment."""
+
+    def __init__(self, tmp: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        self.tmp = tmp
+        self.stderr_path = tmp / "navi.stderr"
+        self._stderr = self.stderr_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "navi", "listen", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith(("NAVI_", "SUPERVISOR_"))}, **env},
+        )
+        self.serial = 0
+        self.expect(READY)
+
+    def expect(self, token: bytes) -> None:
+        assert self.proc.stdout is not None
+        got = self.proc.stdout.read(len(token))
+        assert got == token, f"protocol violation: wanted {token!r}, got {got!r}; stderr: {self.stderr()}"
+
+    def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+        self.expect(OK)
+        self.expect(READY)
+
+    def event(self, name: str, payload: str) -> None:
+        self.serial += 1
+        self.send(envelope(name, payload, self.serial))
+
+    def close(self) -> tuple[int, bytes]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        rest = self.proc.stdout.read()
+        code = self.proc.wait(timeout=10)
+        self._stderr.close()
+        return code, rest
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+def v2_tree(tmp: Path, oom_kill: int = 0) -> dict[str, str]:
+    """A cgroup v2 container (cgroup namespace) as the kernel shows it."""
+    proc = tmp / "proc" / "self"
+    proc.mkdir(parents=True)
+    (proc / "cgroup").write_text("0::/\n")
+    (proc / "mountinfo").write_text(
+        "1203 1118 0:379 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n"
+        "1210 1203 0:30 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup rw,nsdelegate\n"
+    )
+    cg = tmp / "cg"
+    cg.mkdir()
+    (cg / "cgroup.controllers").write_text("cpu io memory pids\n")
+    (cg / "memory.max").write_text("67108864\n")
+    (cg / "memory.current").write_text("66912256\n")
+    (cg / "memory.peak").write_text("67108864\n")
+    write_events(tmp, oom_kill)
+    return {"NAVI_PROC_ROOT": str(tmp / "proc"), "NAVI_CGROUP_ROOT": str(cg)}
+
+
+def write_events(tmp: Path, oom_kill: int) -> None:
+    (tmp / "cg" / "memory.events").write_text(
+        f"low 0\nhigh 0\nmax 41\noom {oom_kill}\noom_kill {oom_kill}\noom_group_kill 0\n"
+    )
+
+
+def log_line(level: str, message: str) -> str:
+    return f"{LOG_TIME} {level} {message}\n"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Any]:
+    (tmp_path / "notifications").mkdir()
+    log = tmp_path / "supervisord.log"
+    log.write_text(log_line("INFO", "supervisord started with pid 1"))
+    env = v2_tree(tmp_path)
+    env.update(NAVI_NOTIFICATIONS_DIR=str(tmp_path / "notifications"), NAVI_SUPERVISORD_LOG=str(log))
+    return {"tmp": tmp_path, "log": log, "env": env}
+
+
+def exited_payload(name: str, pid: int, expected: int = 0) -> str:
+    return f"processname:{name} groupname:{name} from_state:RUNNING expected:{expected} pid:{pid}"
+
+
+def die(log: Path, name: str, pid: int, how: str) -> None:
+    with log.open("a") as f:
+        f.write(log_line("INFO", f"spawned: '{name}' with pid {pid}"))
+        f.write(log_line("WARN", f"exited: {name} ({how}; not expected)"))
+
+
+def notifications(tmp: Path) -> list[dict[str, Any]]:
+    files = sorted((tmp / "notifications").iterdir())
+    assert all(p.name.endswith(".json") and not p.name.startswith(".") for p in files)
+    return [json.loads(p.read_text()) for p in files]
+
+
+def test_crash_then_oom_on_cgroup_v2(world: dict[str, Any]) -> None:
+    tmp, log = world["tmp"], world["log"]
+    sup = FakeSupervisord(tmp, world["env"])
+    die(log, "wëb", 100, "exit status 3")
+    sup.event("PROCESS_STATE_EXITED", exited_payload("wëb", 100))
+    die(log, "wëb", 101, "terminated by SIGKILL")
+    write_events(tmp, oom_kill=1)  # the kernel raises it before it kills
+    sup.event("PROCESS_STATE_EXITED", exited_payload("wëb", 101))
+    sup.event("PROCESS_STATE_STARTING", "processname:wëb groupname:wëb from_state:EXITED tries:0")
+    code, rest = sup.close()
+    assert (code, rest) == (0, b"")
+    crash, oom = notifications(tmp)
+    assert crash["type"] == "crash" and crash["exit"]["code"] == 3 and crash["process"]["name"] == "wëb"
+    assert oom["type"] == "oom"
+    assert oom["exit"]["signal"] == "SIGKILL" and oom["exit"]["signal_number"] == 9
+    assert oom["memory"] == {
+        "cgroup_version": 2, "cgroup_path": str(tmp / "cg"), "limit_bytes": 67108864,
+        "usage_bytes": 66912256, "peak_bytes": 67108864, "oom_kill": 1, "oom_kill_rise": 1, "problems": [],
+    }
+    assert "Traceback" not in sup.stderr()
+
+
+def test_stray_output_never_reaches_the_protocol_pipe() -> None:
+    code = (
+        "import os, subprocess, warnings\n"
+        "from navi.listener import take_stdout\n"
+        "fd = take_stdout()\n"
+        "print('a stray print')\n"
+        "warnings.warn('a library warning')\n"
+        "subprocess.run(['echo', 'a child'])\n"
+        "os.write(fd, b'READY\\n')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert done.stdout == b"READY\n"
+    assert b"a stray print" in done.stderr and b"a child" in done.stderr and b"a library warning" in done.stderr
+
+
+def test_bad_input_is_acknowledged_and_reported_in_one_line(world: dict[str, Any]) -> None:
+    tmp, log = world["tmp"], world["log"]
+    sup = FakeSupervisord(tmp, world["env"])
+    sup.send(b"garbage that is not a header\n")
+    die(log, "api", 7, "exit status 2")
+    sup.event("PROCESS_STATE_EXITED", exited_payload("api", 7))  # still in sync
+    assert sup.proc.stdin is not None
+    sup.proc.stdin.write(envelope("PROCESS_STATE_EXITED", exited_payload("api", 8))[:-4])  # EOF mid-event
+    code, rest = sup.close()
+    assert code == 0 and rest == OK + READY  # the torn event is acknowledged too
+    (crash,) = notifications(tmp)
+    assert crash["exit"]["code"] == 2
+    errors = [line for line in sup.stderr().splitlines() if ": ERROR: " in line]
+    assert len(errors) == 2
+    assert "malformed header" in errors[0] and "closed in the middle" in errors[1]
+    assert "Traceback" not in sup.stderr()
+
+
+def test_missing_directory_then_created(world: dict[str, Any]) -> None:
+    tmp, log = world["tmp"], world["log"]
+    env = dict(world["env"], NAVI_NOTIFICATIONS_DIR=str(tmp / "later"))
+    sup = FakeSupervisord(tmp, env)
+    die(log, "api", 7, "exit status 2")
+    sup.event("PROCESS_STATE_EXITED", exited_payload("api", 7))
+    (tmp / "later").mkdir()
+    die(log, "api", 8, "exit status 4")
+    sup.event("PROCESS_STATE_EXITED", exited_payload("api", 8))
+    assert sup.close() == (0, b"")
+    files = list((tmp / "later").iterdir())
+    assert len(files) == 1 and json.loads(files[0].read_text())["exit"]["code"] == 4
+    startup = [line for line in sup.stderr().splitlines() if "No such file or directory" in line]
+    assert len(startup) == 1 and str(tmp / "later") in startup[0]
+    assert any("lost crash notification: api crashed: exit status 2" in line for line in sup.stderr().splitlines())
+
+
+@pytest.mark.parametrize("log_env", [None, "missing"])
+def test_exit_status_unknown_says_why(world: dict[str, Any], log_env: Optional[str]) -> None:
+    tmp = world["tmp"]
+    env = {k: v for k, v in world["env"].items() if k != "NAVI_SUPERVISORD_LOG"}
+    if log_env == "missing":
+        env["NAVI_SUPERVISORD_LOG"] = str(tmp / "missing.log")
+    sup = FakeSupervisord(tmp, env)
+    sup.event("PROCESS_STATE_EXITED", exited_payload("api", 7))
+    assert sup.close() == (0, b"")
+    (crash,) = notifications(tmp)
+    assert crash["exit"]["code"] is None and crash["exit"]["signal"] is None and crash["exit"]["core_dumped"] is None
+    reason = crash["exit"]["unavailable"]
+    assert ("cannot read supervisord's log" in reason) if log_env else ("no SUPERVISOR_SERVER_URL" in reason)
+
+
+def test_unreadable_cgroup_degrades_to_crash_with_evidence(world: dict[str, Any]) -> None:
+    tmp, log = world["tmp"], world["log"]
+    env = dict(world["env"], NAVI_PROC_ROOT=str(tmp / "noproc"))
+    sup = FakeSupervisord(tmp, env)
+    die(log, "api", 7, "terminated by SIGKILL")
+    sup.event("PROCESS_STATE_EXITED", exited_payload("api", 7))
+    assert sup.close() == (0, b"")
+    (crash,) = notifications(tmp)
+    assert crash["type"] == "crash" and crash["memory"] is None and crash["exit"]["signal"] == "SIGKILL"
+    assert any("cannot be told from a crash" in note for note in crash["notes"])
+    assert sum("noproc" in line for line in sup.stderr().splitlines()) == 1
+
+
+def test_redelivered_event_gives_no_second_file(world: dict[str, Any]) -> None:
+    tmp, log = world["tmp"], world["log"]
+    die(log, "api", 7, "exit status 2")
+    for _ in range(2):  # a new Navi gets the same event again
+        sup = FakeSupervisord(tmp, world["env"])
+        sup.send(envelope("PROCESS_STATE_EXITED", exited_payload("api", 7), serial=41))
+        assert sup.close() == (0, b"")
+    assert len(notifications(tmp)) == 1
+    assert "already written" in sup.stderr()
