@@ -119,9 +119,11 @@ class ExitLog:
         if record is None:
             return
         record = replace(record, pid=self._pids.get(record.name), line=line)
-        queue = self._records.pop(record.name, None) or deque(maxlen=MAX_PER_PROCESS)
+        queue = self._records.get(record.name)
+        if queue is None:
+            queue = self._records[record.name] = deque(maxlen=MAX_PER_PROCESS)
         queue.append(record)
-        self._records[record.name] = queue  # most recently active last
+        self._records.move_to_end(record.name)  # least recently active first
         while len(self._records) > MAX_PROCESSES:
             self._records.popitem(last=False)
 

@@ -8,18 +8,25 @@ Used by the tests and by ``navi demo``: the shipped ``supervisord.conf`` and
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import getpass
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from navi import cgroup
+from navi.supervisord import rpc
 
 MNT_DIRS = ("app", "home", "log", "notifications", "tmp")
 
@@ -37,6 +44,77 @@ def render(text: str, mnt: Path, user: str) -> str:
     return re.sub(r"(?m)^user=mop$", f"user={user}", text)
 
 
+class Unavailable(Exception):
+    """What this machine cannot do, in one line."""
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit: int) -> Iterator[cgroup.MemoryCgroup]:
+    """A new child of this process's memory cgroup, limited to ``limit`` bytes
+    with no swap, removed afterwards.  Raises Unavailable where it cannot be
+    made (not root, no writable memory controller)."""
+    if os.geteuid() != 0:
+        raise Unavailable(f"a memory cgroup can only be made by root (euid {os.geteuid()})")
+    try:
+        own = cgroup.locate()
+    except cgroup.CgroupError as e:
+        raise Unavailable(f"no memory cgroup to make a child in: {e}") from None
+    path = os.path.join(own.path, f"navi-{secrets.token_hex(6)}")
+    try:
+        os.mkdir(path)
+    except OSError as e:
+        raise Unavailable(f"cannot create a memory cgroup at {path}: {e.strerror}") from None
+    try:
+        if own.version == 1:
+            limits = [("memory.limit_in_bytes", True), ("memory.memsw.limit_in_bytes", False)]
+            values = {"memory.limit_in_bytes": str(limit), "memory.memsw.limit_in_bytes": str(limit)}
+        else:
+            limits = [("memory.max", True), ("memory.swap.max", False)]
+            values = {"memory.max": str(limit), "memory.swap.max": "0"}
+        for name, required in limits:
+            file = os.path.join(path, name)
+            if required or os.path.exists(file):
+                with open(file, "w") as f:
+                    f.write(values[name])
+    except OSError as e:
+        os.rmdir(path)
+        raise Unavailable(f"cannot set a memory limit in {path}: {e.strerror}") from None
+    try:
+        yield cgroup.MemoryCgroup(own.version, path, os.path.join(own.cgroup_path, os.path.basename(path)),
+                                  own.mount_point)
+    finally:
+        _remove_cgroup(path)
+
+
+def _cgroup_pids(directory: str) -> list[int]:
+    try:
+        with open(os.path.join(directory, "cgroup.procs")) as f:
+            return [int(pid) for pid in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _remove_cgroup(directory: str) -> None:
+    """rmdir once empty; what is still in it can only be ours: kill it."""
+    deadline = time.monotonic() + 10
+    while _cgroup_pids(directory) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in _cgroup_pids(directory):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.rmdir(directory)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Sandbox:
     def __init__(self, programs: str, root: Optional[Path] = None, cgroup_dir: Optional[str] = None,
                  env: Optional[dict[str, str]] = None) -> None:
@@ -44,9 +122,17 @@ class Sandbox:
         self.root = Path(tempfile.mkdtemp(prefix="navi-sandbox-")) if root is None else root
         self.mnt = self.root / "mnt"
         self.notifications = self.mnt / "notifications"
+        self.socket = self.mnt / "home" / "supervisor.sock"
         self.cgroup_dir = cgroup_dir
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.conf = self.root / "etc" / "supervisord.conf"
+        try:
+            self._lay_out(programs, env or {})
+        except BaseException:
+            self.close()
+            raise
+
+    def _lay_out(self, programs: str, env: dict[str, str]) -> None:
         for name in MNT_DIRS:
             (self.mnt / name).mkdir(parents=True, exist_ok=True)
         (self.mnt / "supervisor.conf").write_text(programs.replace("{mnt}", str(self.mnt)))
@@ -54,17 +140,19 @@ class Sandbox:
         user = getpass.getuser()
         for src in shipped_config_dir().glob("*.conf"):
             (self.conf.parent / src.name).write_text(render(src.read_text(), self.mnt, user))
-        bindir = os.path.dirname(sys.executable)
         self.env = dict(os.environ)
-        self.env.update(
-            PATH=f"{bindir}{os.pathsep}{self.env.get('PATH', '')}",
-            NAVI_NOTIFICATIONS_DIR=str(self.notifications),
-            HOME=str(self.mnt / "home"),
-            TMPDIR=str(self.mnt / "tmp"),
-            **(env or {}),
-        )
         for name in ("SUPERVISOR_SERVER_URL", "SUPERVISOR_PROCESS_NAME", "SUPERVISOR_GROUP_NAME"):
             self.env.pop(name, None)
+        self.env.update(
+            {
+                # `navi listen` is found where this Python's scripts are.
+                "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{self.env.get('PATH', '')}",
+                "NAVI_NOTIFICATIONS_DIR": str(self.notifications),
+                "HOME": str(self.mnt / "home"),
+                "TMPDIR": str(self.mnt / "tmp"),
+            }
+        )
+        self.env.update(env)
 
     def __enter__(self) -> Sandbox:
         try:
@@ -144,9 +232,16 @@ class Sandbox:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
+        """Stop every program at once, then supervisord.  (On SIGTERM alone
+        it stops one group per pass of its 1-second loop.)"""
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)  # supervisord stops its programs
+        try:
+            proxy = rpc(f"unix://{self.socket}", timeout=30)
+            proxy.supervisor.stopAllProcesses(True)
+            proxy.supervisor.shutdown()
+        except Exception:
+            self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
