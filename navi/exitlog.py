@@ -112,8 +112,8 @@ class ExitLog:
             name, pid = spawned["name"], int(spawned["pid"])
             self._pids[name] = pid
             if name == self._own_name and pid == self._own_pid:
-                for other, queue in self._records.items():
-                    self._records[other] = deque((replace(r, stale=True) for r in queue), maxlen=MAX_PER_PROCESS)
+                for other, earlier in self._records.items():
+                    self._records[other] = deque((replace(r, stale=True) for r in earlier), maxlen=MAX_PER_PROCESS)
             return
         record = parse_exit(message)
         if record is None:
