@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Optional
 
 from navi.cgroup import MemorySnapshot
@@ -31,6 +31,10 @@ from navi.protocol import Event
 
 SIGKILL = 9
 MAX_REMEMBERED_EXITS = 512
+# The victim's event follows its kill within about 2 s (supervisord's loop);
+# a kill no death claims by then was of a process supervisord does not watch.
+OOM_WINDOW = timedelta(seconds=10)
+MAX_PENDING_KILLS = 256
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class Evidence:
     exit_problem: Optional[str] = None  # why exit is None
     memory: Optional[MemorySnapshot] = None
     memory_problem: Optional[str] = None  # why memory is None
+    # Deaths by SIGKILL already in supervisord's log whose events are still
+    # to come: likelier OOM victims than this death, if it was no SIGKILL.
+    sigkills_waiting: int = 0
 
 
 def event_id(origin: Origin, event: Event) -> str:
@@ -101,6 +108,8 @@ class Classifier:
     def __init__(self, origin: Origin, oom_baseline: Optional[int]) -> None:
         self.origin = origin
         self.oom_baseline = oom_baseline
+        # OOM kills counted but not yet tied to a death: when each was seen.
+        self._kills: deque[datetime] = deque(maxlen=MAX_PENDING_KILLS)
         # The last exit of each program, for the FATAL that may follow.
         self._last_exit: OrderedDict[str, ExitInfo] = OrderedDict()
 
@@ -111,7 +120,7 @@ class Classifier:
         fields = event.fields
         name, group = fields.get("processname", ""), fields.get("groupname", "")
         notes: list[str] = []
-        memory, rise = self._memory(evidence, notes)
+        memory = self._observe(evidence, notes)
         key = f"{group}:{name}"
         if incident is Incident.FATAL:
             kind: Kind = "fatal"
@@ -126,7 +135,7 @@ class Classifier:
             startup = event.name == "PROCESS_STATE_BACKOFF"
             exit_info = _exit_info(evidence, startup)
             self._remember(key, exit_info)
-            kind = "oom" if rise else "crash"
+            kind = "oom" if self._claim_kill(exit_info, evidence, notes) else "crash"
             if exit_info.unavailable:
                 notes.append(f"exit status unknown: {exit_info.unavailable}")
             record_pid = evidence.exit.pid if evidence.exit else None
@@ -151,15 +160,29 @@ class Classifier:
             ),
         )
 
-    def _memory(self, evidence: Evidence, notes: list[str]) -> tuple[Optional[MemoryInfo], int]:
-        """The memory figures, and how much oom_kill rose (0 when unknown)."""
+    @property
+    def unclaimed_kills(self) -> int:
+        return len(self._kills)
+
+    def _observe(self, evidence: Evidence, notes: list[str]) -> Optional[MemoryInfo]:
+        """Take a reading of the counter: new kills join those not yet claimed."""
+        now = evidence.observed_at
+        expired = 0
+        while self._kills and now - self._kills[0] > OOM_WINDOW:
+            self._kills.popleft()
+            expired += 1
+        if expired:
+            notes.append(
+                f"{expired} earlier OOM kill(s) in this container matched no program's death "
+                f"within {OOM_WINDOW.seconds} s: a process supervisord does not watch (a child?) was killed"
+            )
         snap = evidence.memory
         if snap is None:
             notes.append(
                 f"no memory evidence ({evidence.memory_problem or 'no memory cgroup'}): "
                 "an OOM kill cannot be told from a crash"
             )
-            return None, 0
+            return None
         rise: Optional[int] = None
         if snap.oom_kill is None:
             notes.append("the oom_kill counter could not be read: an OOM kill cannot be told from a crash")
@@ -172,9 +195,10 @@ class Classifier:
             )
         else:
             rise = snap.oom_kill - self.oom_baseline
+            self._kills.extend([now] * rise)
         if snap.oom_kill is not None:
             self.oom_baseline = snap.oom_kill
-        info = MemoryInfo(
+        return MemoryInfo(
             cgroup_version=snap.version,
             cgroup_path=snap.path,
             limit_bytes=snap.limit_bytes,
@@ -184,7 +208,34 @@ class Classifier:
             oom_kill_rise=rise,
             problems=list(snap.problems),
         )
-        return info, rise or 0
+
+    def _claim_kill(self, exit_info: ExitInfo, evidence: Evidence, notes: list[str]) -> bool:
+        """Whether this death takes one of the unclaimed OOM kills.
+
+        The OOM killer sends SIGKILL (a shell turns it into exit status 137);
+        a death by another signal is never its victim.  A plain exit after a
+        kill is a parent whose child was killed, unless a SIGKILLed program
+        is waiting in the log to claim the kill itself."""
+        if not self._kills:
+            return False
+        killed = exit_info.signal_number == SIGKILL or exit_info.code == 128 + SIGKILL
+        if exit_info.signal is not None and not killed:
+            notes.append(
+                f"the container's oom_kill counter rose, but {exit_info.signal} is not the OOM killer's "
+                "signal: the kill was of another process"
+            )
+            return False
+        if not killed and len(self._kills) <= evidence.sigkills_waiting:
+            notes.append(
+                "the container's oom_kill counter rose, but a program killed by SIGKILL is still to be "
+                "reported: the kill is left to it"
+            )
+            return False
+        seen = self._kills.popleft()
+        if seen < evidence.observed_at:
+            ms = (evidence.observed_at - seen).total_seconds() * 1000
+            notes.append(f"this OOM kill was counted while reporting an earlier death, {ms:.0f} ms before")
+        return True
 
     def _remember(self, key: str, exit_info: ExitInfo) -> None:
         self._last_exit.pop(key, None)

@@ -46,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
         "--supervisord-log", metavar="FILE", default=_env("NAVI_SUPERVISORD_LOG", None),
         help="read supervisord's main log from this file instead of over XML-RPC [NAVI_SUPERVISORD_LOG]",
     )
+    demo = commands.add_parser(
+        "demo",
+        help="show Navi at work under real supervisord, in a temporary /mnt",
+        description="Start real supervisord from the shipped configuration under a temporary /mnt, "
+        "let programs crash in several ways (and be OOM-killed, where a memory cgroup can be made), "
+        "and print the notifications Navi wrote.",
+    )
+    demo.add_argument("--dir", metavar="DIR", help="lay out the temporary /mnt here (default: a new temp dir)")
     return parser
 
 
@@ -63,6 +71,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 supervisord_log=args.supervisord_log,
             )
         )
+    if args.command == "demo":
+        from navi import demo as demo_module
+
+        return demo_module.main(args.dir)
     return 2
 
 

@@ -127,6 +127,15 @@ class ExitLog:
         while len(self._records) > MAX_PROCESSES:
             self._records.popitem(last=False)
 
+    def sigkills_waiting(self) -> int:
+        """Unexpected deaths by SIGKILL (or a shell's 137) not yet taken."""
+        return sum(
+            1
+            for queue in self._records.values()
+            for r in queue
+            if not r.stale and not r.expected and (r.signal == 9 or r.code == 137)
+        )
+
     def take(self, name: str, pid: Optional[int], expected: bool) -> Optional[ExitRecord]:
         """The record of this exit, removed with every older one of ``name``."""
         queue = self._records.get(name)

@@ -139,6 +139,7 @@ class Shell:
                 exit_problem=exit_problem,
                 memory=snapshot,
                 memory_problem=self._cgroup_problem or None,
+                sigkills_waiting=self.exit_log.sigkills_waiting(),
             ),
         )
         if notification is None:

@@ -205,3 +205,16 @@ def test_every_event_gets_its_own_line(deaths: list[tuple[str, str, bool]], rnd:
         got = log.take(name, event_pid, expected=False)
         assert got is not None
         assert (got.pid, got.code, got.signal, got.core_dumped) == (pid, want.code, want.signal, want.core_dumped)
+
+
+def test_sigkills_waiting_counts_untaken_kills() -> None:
+    log = ExitLog()
+    log.feed(
+        spawned("a", 1) + exited("a", "terminated by SIGKILL")
+        + spawned("b", 2) + exited("b", "exit status 137")
+        + spawned("c", 3) + exited("c", "terminated by SIGSEGV")
+        + spawned("d", 4) + exited("d", "terminated by SIGKILL", expected=True)
+    )
+    assert log.sigkills_waiting() == 2
+    log.take("a", 1, expected=False)
+    assert log.sigkills_waiting() == 1
