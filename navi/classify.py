@@ -16,10 +16,9 @@ from datetime import datetime, timedelta
 from typing import Optional
 
 from navi.cgroup import MemorySnapshot
-from navi.exitlog import ExitRecord
+from navi.exitlog import ExitRecord, is_sigkill
 from navi.notification import (
     SCHEMA_VERSION,
-    EventInfo,
     ExitInfo,
     Kind,
     MemoryInfo,
@@ -29,7 +28,6 @@ from navi.notification import (
 )
 from navi.protocol import Event
 
-SIGKILL = 9
 MAX_REMEMBERED_EXITS = 512
 # The victim's event follows its kill within about 2 s (supervisord's loop);
 # a kill no death claims by then was of a process supervisord does not watch.
@@ -44,6 +42,7 @@ class Origin:
     host: str
     supervisord_pid: Optional[int]
     supervisord_started: Optional[datetime]
+    supervisord_key: str  # one supervisord lifetime, for stable ids
     own_group: Optional[str]
     own_name: Optional[str]
     navi_version: str
@@ -83,17 +82,8 @@ class Evidence:
 
 def event_id(origin: Origin, event: Event) -> str:
     """Stable over redelivery: serials are unique within one supervisord's life."""
-    key = "\0".join(
-        [
-            origin.host,
-            str(origin.supervisord_pid),
-            origin.supervisord_started.isoformat() if origin.supervisord_started else "",
-            event.header.get("serial", ""),
-            event.name,
-            event.payload,
-        ]
-    )
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    key = "\0".join([origin.host, origin.supervisord_key, event.header.get("serial", ""), event.name, event.payload])
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _int(text: Optional[str]) -> Optional[int]:
@@ -110,17 +100,27 @@ class Classifier:
         self.oom_baseline = oom_baseline
         # OOM kills counted but not yet tied to a death: when each was seen.
         self._kills: deque[datetime] = deque(maxlen=MAX_PENDING_KILLS)
+        self._expired_kills = 0  # unclaimed kills dropped, to say in the next notification
         # The last exit of each program, for the FATAL that may follow.
         self._last_exit: OrderedDict[str, ExitInfo] = OrderedDict()
 
     def decide(self, event: Event, evidence: Evidence) -> Optional[Notification]:
+        """The notification for an event, if any.  Give memory evidence with
+        every event (a TICK too): each reading dates the kills it finds."""
+        notes: list[str] = []
+        memory = self._observe(evidence, notes)
         incident = triage(event, self.origin)
         if incident is None:
             return None
+        if self._expired_kills:
+            notes.insert(
+                0,
+                f"{self._expired_kills} earlier OOM kill(s) in this container matched no program's death "
+                f"within {OOM_WINDOW.seconds} s: a process supervisord does not watch (a child?) was killed",
+            )
+            self._expired_kills = 0
         fields = event.fields
         name, group = fields.get("processname", ""), fields.get("groupname", "")
-        notes: list[str] = []
-        memory = self._observe(evidence, notes)
         key = f"{group}:{name}"
         if incident is Incident.FATAL:
             kind: Kind = "fatal"
@@ -151,7 +151,8 @@ class Classifier:
             exit=exit_info,
             memory=memory,
             notes=notes,
-            event=EventInfo(header=dict(event.header), payload=dict(fields)),
+            header=dict(event.header),
+            metadata=dict(fields),
             source=Source(
                 host=self.origin.host,
                 supervisord_pid=self.origin.supervisord_pid,
@@ -167,15 +168,9 @@ class Classifier:
     def _observe(self, evidence: Evidence, notes: list[str]) -> Optional[MemoryInfo]:
         """Take a reading of the counter: new kills join those not yet claimed."""
         now = evidence.observed_at
-        expired = 0
         while self._kills and now - self._kills[0] > OOM_WINDOW:
             self._kills.popleft()
-            expired += 1
-        if expired:
-            notes.append(
-                f"{expired} earlier OOM kill(s) in this container matched no program's death "
-                f"within {OOM_WINDOW.seconds} s: a process supervisord does not watch (a child?) was killed"
-            )
+            self._expired_kills += 1
         snap = evidence.memory
         if snap is None:
             notes.append(
@@ -218,7 +213,7 @@ class Classifier:
         is waiting in the log to claim the kill itself."""
         if not self._kills:
             return False
-        killed = exit_info.signal_number == SIGKILL or exit_info.code == 128 + SIGKILL
+        killed = is_sigkill(exit_info.code, exit_info.signal_number)
         if exit_info.signal is not None and not killed:
             notes.append(
                 f"the container's oom_kill counter rose, but {exit_info.signal} is not the OOM killer's "
@@ -287,7 +282,7 @@ def _summary(
         return f"{name} crashed{when}: {_how(exit_info)}"
     assert memory is not None
     limit = f"memory limit {_mib(memory.limit_bytes)}, peak {_mib(memory.peak_bytes)}"
-    if exit_info.signal_number == SIGKILL or exit_info.code == 128 + SIGKILL:
+    if is_sigkill(exit_info.code, exit_info.signal_number):
         return f"{name} was killed by the kernel's OOM killer{when} ({limit})"
     # The counter rose but this program was not itself SIGKILLed: the victim
     # was most likely one of its children.

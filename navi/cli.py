@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Optional
 
 from navi import __version__
+
+
+def take_stdout() -> int:
+    """Keep fd 1 for protocol tokens only: return a private copy of it and
+    point fd 1 (and sys.stdout) at stderr, so that a stray print, a library's
+    output or a child process can never reach supervisord.  Done before
+    anything else is imported."""
+    protocol_fd = os.dup(1)  # not inherited by children (PEP 446)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return protocol_fd
 
 
 def _env(name: str, default: Optional[str]) -> Optional[str]:
@@ -60,17 +72,18 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "listen":
+        protocol_fd = take_stdout()
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="navi: %(levelname)s: %(message)s")
         from navi.listener import Settings, listen
 
-        return listen(
-            Settings(
-                notifications_dir=args.notifications_dir,
-                cgroup_root=args.cgroup_root,
-                proc_root=args.proc_root,
-                supervisor_url=args.supervisor_url,
-                supervisord_log=args.supervisord_log,
-            )
+        settings = Settings(
+            notifications_dir=args.notifications_dir,
+            cgroup_root=args.cgroup_root,
+            proc_root=args.proc_root,
+            supervisor_url=args.supervisor_url,
+            supervisord_log=args.supervisord_log,
         )
+        return listen(settings, protocol_fd)
     if args.command == "demo":
         from navi import demo as demo_module
 

@@ -82,10 +82,20 @@ def parse_exit(message: str) -> Optional[ExitRecord]:
     )
 
 
+def is_sigkill(code: Optional[int], signal_number: Optional[int]) -> bool:
+    """Killed by SIGKILL, directly or as a shell's child (exit status 137)."""
+    return signal_number == signal.SIGKILL or code == 128 + signal.SIGKILL
+
+
 class ExitLog:
+    """Unexpected exits logged and not yet paired with their event.
+
+    Expected exits are not kept: their events are not incidents."""
+
     def __init__(self, own_name: Optional[str] = None, own_pid: Optional[int] = None) -> None:
         self._own_name = own_name
         self._own_pid = own_pid
+        self._own_spawn_seen = False
         self._pids: dict[str, int] = {}
         self._records: OrderedDict[str, deque[ExitRecord]] = OrderedDict()
         self._partial = ""
@@ -96,6 +106,18 @@ class ExitLog:
         self._partial = lines.pop()
         for line in lines:
             self._line(line)
+
+    def first_read_done(self) -> None:
+        """Call after feeding the log as it was at start.  Without our own
+        ``spawned:`` line in it (loglevel warn, or a wrapper with another
+        pid), nothing read can be told apart from what a previous Navi
+        already reported: all of it is then matched only by pid."""
+        if self._own_name is not None and not self._own_spawn_seen:
+            self._mark_stale()
+
+    def _mark_stale(self) -> None:
+        for name, queue in self._records.items():
+            self._records[name] = deque((replace(r, stale=True) for r in queue), maxlen=MAX_PER_PROCESS)
 
     def _line(self, line: str) -> None:
         m = _LINE.match(line)
@@ -112,11 +134,11 @@ class ExitLog:
             name, pid = spawned["name"], int(spawned["pid"])
             self._pids[name] = pid
             if name == self._own_name and pid == self._own_pid:
-                for other, earlier in self._records.items():
-                    self._records[other] = deque((replace(r, stale=True) for r in earlier), maxlen=MAX_PER_PROCESS)
+                self._own_spawn_seen = True
+                self._mark_stale()
             return
         record = parse_exit(message)
-        if record is None:
+        if record is None or record.expected or record.name == self._own_name:
             return
         record = replace(record, pid=self._pids.get(record.name), line=line)
         queue = self._records.get(record.name)
@@ -128,16 +150,14 @@ class ExitLog:
             self._records.popitem(last=False)
 
     def sigkills_waiting(self) -> int:
-        """Unexpected deaths by SIGKILL (or a shell's 137) not yet taken."""
+        """Deaths by SIGKILL (or a shell's 137) logged and not yet taken."""
         return sum(
-            1
-            for queue in self._records.values()
-            for r in queue
-            if not r.stale and not r.expected and (r.signal == 9 or r.code == 137)
+            1 for queue in self._records.values() for r in queue if not r.stale and is_sigkill(r.code, r.signal)
         )
 
-    def take(self, name: str, pid: Optional[int], expected: bool) -> Optional[ExitRecord]:
-        """The record of this exit, removed with every older one of ``name``."""
+    def take(self, name: str, pid: Optional[int]) -> Optional[ExitRecord]:
+        """The record of this unexpected exit, removed with every older one of
+        ``name`` (their events were lost, or were handled by an earlier Navi)."""
         queue = self._records.get(name)
         if not queue:
             return None
@@ -146,18 +166,9 @@ class ExitLog:
             found = next((r for r in queue if r.pid == pid), None)
         if found is None:
             # No pid to go by (BACKOFF events carry none, and at loglevel
-            # warn there are no spawned lines): the oldest live record of the
-            # same expectedness, unless pids prove it belongs to another exit.
-            found = next(
-                (
-                    r
-                    for r in queue
-                    if not r.stale
-                    and r.expected == expected
-                    and (pid is None or r.pid is None)
-                ),
-                None,
-            )
+            # warn there are no spawned lines): the oldest live record,
+            # unless pids prove it belongs to another exit.
+            found = next((r for r in queue if not r.stale and (pid is None or r.pid is None)), None)
         if found is None:
             return None
         while queue and queue[0] is not found:

@@ -1,16 +1,16 @@
 """``navi listen``: the I/O shell around the protocol and the classifier.
 
-stdin/stdout speak the eventlistener protocol; everything else (supervisord's
-log, the memory cgroup, the notification directory) is read or written here,
-and every decision is made by the pure core.
+stdin and the protocol fd speak the eventlistener protocol; everything else
+(supervisord's log, the memory cgroup, the notification directory) is read or
+written here, and every decision is made by the pure core.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
@@ -18,9 +18,10 @@ from typing import Optional
 from navi import __version__, cgroup
 from navi.classify import Classifier, Evidence, Incident, Origin, triage
 from navi.exitlog import ExitLog, ExitRecord
+from navi.notification import Notification
 from navi.protocol import CLOSED, NEED_DATA, BadInput, Event, Listener
 from navi.spool import Spool, SpoolError, file_name
-from navi.supervisord import LogTail, LogUnavailable, file_tail, rpc_tail, started_at
+from navi.supervisord import FileLog, LogTail, LogUnavailable, RpcLog, identity
 
 log = logging.getLogger("navi")
 
@@ -32,16 +33,6 @@ class Settings:
     proc_root: str
     supervisor_url: Optional[str]
     supervisord_log: Optional[str]
-
-
-def take_stdout() -> int:
-    """Keep fd 1 for protocol tokens only: return a private copy of it and
-    point fd 1 (and sys.stdout) at stderr, so that a stray print, a library's
-    output or a child process can never reach supervisord."""
-    protocol_fd = os.dup(1)  # not inherited by children (PEP 446)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return protocol_fd
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -65,28 +56,39 @@ class Shell:
             log.error("%s: OOM kills will be reported as crashes", e)
         baseline = cgroup.read(self._cgroup).oom_kill if self._cgroup else None
         ppid = os.getppid()
+        supervisord = identity(ppid, settings.proc_root)
+        if supervisord.key is None:
+            log.error("cannot identify supervisord (pid %d) in %s: an event delivered again after a restart "
+                      "of Navi may be written twice", ppid, settings.proc_root)
         self.origin = Origin(
             host=socket.gethostname(),
             supervisord_pid=ppid,
-            supervisord_started=started_at(ppid, settings.proc_root),
+            supervisord_started=supervisord.started,
+            # Unknown: unique to this Navi, so a new supervisord's serials
+            # can never collide with an old one's (a duplicate, not a loss).
+            supervisord_key=supervisord.key or f"navi-{os.getpid()}-{secrets.token_hex(8)}",
             own_group=os.environ.get("SUPERVISOR_GROUP_NAME"),
             own_name=os.environ.get("SUPERVISOR_PROCESS_NAME"),
             navi_version=__version__,
         )
+        self._stamp = supervisord.started or datetime.now(timezone.utc)  # file names sort by it
         self.classifier = Classifier(self.origin, baseline)
         self.exit_log = ExitLog(self.origin.own_name, os.getpid())
         self._log_tail: Optional[LogTail] = None
         self._log_problem = ""
-        if settings.supervisord_log:
-            self._log_tail = LogTail(file_tail(settings.supervisord_log), settings.supervisord_log)
-        elif settings.supervisor_url:
-            self._log_tail = LogTail(rpc_tail(settings.supervisor_url), f"readLog at {settings.supervisor_url}")
-        else:
-            self._log_problem = "no SUPERVISOR_SERVER_URL and no --supervisord-log: Navi cannot read supervisord's log"
-            log.error("%s; exit statuses will be null", self._log_problem)
+        try:
+            if settings.supervisord_log:
+                self._log_tail = LogTail(FileLog(settings.supervisord_log), settings.supervisord_log)
+            elif settings.supervisor_url:
+                self._log_tail = LogTail(RpcLog(settings.supervisor_url), f"readLog at {settings.supervisor_url}")
+            else:
+                self._log_problem = "no SUPERVISOR_SERVER_URL and no --supervisord-log: cannot read supervisord's log"
+        except LogUnavailable as e:
+            self._log_problem = str(e)
         self._read_log()
-        if self._log_problem and self._log_tail is not None:
-            log.error("%s; exit statuses will be null until it can", self._log_problem)
+        self.exit_log.first_read_done()
+        if self._log_problem:
+            log.error("%s; exit statuses will be null until it can be read", self._log_problem)
         log.info(
             "navi %s listening: notifications to %s; memory cgroup %s; exit statuses from %s",
             __version__,
@@ -98,6 +100,7 @@ class Shell:
     def _open_spool(self) -> None:
         try:
             self._spool = Spool(self.settings.notifications_dir)
+            self._spool_problem = ""
         except SpoolError as e:
             if str(e) != self._spool_problem:
                 log.error("%s; notifications are not written until it is fixed", e)
@@ -113,55 +116,60 @@ class Shell:
             self._log_problem = str(e)
 
     def _exit_record(self, event: Event) -> tuple[Optional[ExitRecord], Optional[str]]:
-        fields = event.fields
-        name = fields.get("processname", "")
-        pid = fields.get("pid")
+        pid = event.fields.get("pid", "")
         self._read_log()
-        record = self.exit_log.take(name, int(pid) if pid and pid.isdigit() else None, expected=False)
+        record = self.exit_log.take(event.fields.get("processname", ""), int(pid) if pid.isdigit() else None)
         if record is not None:
             return record, None
         return None, self._log_problem or (
-            "supervisord's log has no line for this exit (loglevel above warn, or the log was rotated away)"
+            "supervisord's log has no exited: line for it (it may have failed to spawn: see its spawnerr: "
+            "lines; or supervisord logs only errors, or the line was rotated away)"
         )
 
     def handle(self, event: Event) -> None:
         incident = triage(event, self.origin)
-        if incident is None:
-            return
         observed = datetime.now(timezone.utc)
         record, exit_problem = self._exit_record(event) if incident is Incident.EXIT else (None, None)
-        snapshot = cgroup.read(self._cgroup) if self._cgroup else None
         notification = self.classifier.decide(
             event,
             Evidence(
                 observed_at=observed,
                 exit=record,
                 exit_problem=exit_problem,
-                memory=snapshot,
+                # Read at every event, TICK_5 included, so that each OOM
+                # kill is dated within seconds of happening.
+                memory=cgroup.read(self._cgroup) if self._cgroup else None,
                 memory_problem=self._cgroup_problem or None,
-                sigkills_waiting=self.exit_log.sigkills_waiting(),
+                sigkills_waiting=self.exit_log.sigkills_waiting() if incident is Incident.EXIT else 0,
             ),
         )
-        if notification is None:
+        if notification is not None:
+            self._publish(file_name(self._stamp, event.header.get("serial", "")), notification)
+
+    def _publish(self, name: str, notification: Notification) -> None:
+        data = notification.to_json()
+        for _ in range(2):
+            if self._spool is None:
+                self._open_spool()
+            if self._spool is None:
+                break
+            try:
+                fresh = self._spool.publish(name, data)
+            except SpoolError as e:
+                log.error("%s", e)
+                # The directory may have been replaced: open it again, once.
+                self._spool.close()
+                self._spool = None
+                continue
+            if fresh:
+                log.info("%s: %s -> %s", notification.type, notification.summary, name)
+            else:
+                log.info("%s already written (event delivered again)", name)
             return
-        if self._spool is None:
-            self._open_spool()
-        if self._spool is None:
-            log.error("lost %s notification: %s", notification.type, notification.summary)
-            return
-        name = file_name(notification)
-        try:
-            fresh = self._spool.publish(name, notification.to_json())
-        except SpoolError as e:
-            log.error("%s; lost %s notification: %s", e, notification.type, notification.summary)
-            return
-        if fresh:
-            log.info("%s: %s -> %s", notification.type, notification.summary, name)
-        else:
-            log.info("%s already written (event delivered again)", name)
+        log.error("lost %s notification: %s", notification.type, notification.summary)
 
 
-def serve(shell: Shell, stdin_fd: int, protocol_fd: int) -> int:
+def serve(shell: Optional[Shell], stdin_fd: int, protocol_fd: int) -> int:
     proto = Listener()
     while True:
         _write_all(protocol_fd, proto.send_ready())
@@ -176,19 +184,22 @@ def serve(shell: Shell, stdin_fd: int, protocol_fd: int) -> int:
             return 0
         if isinstance(received, BadInput):
             log.error("bad input from supervisord, acknowledged and ignored: %s", received.reason)
-        elif isinstance(received, Event):
+        elif isinstance(received, Event) and shell is not None:
             try:
                 shell.handle(received)
-            except Exception as e:
+            except Exception as e:  # one line, then keep the pipe moving
                 log.error("internal error on %s, event acknowledged: %s: %s", received.name, type(e).__name__, e)
         _write_all(protocol_fd, proto.send_ok())
 
 
-def listen(settings: Settings) -> int:
-    protocol_fd = take_stdout()
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="navi: %(levelname)s: %(message)s")
+def listen(settings: Settings, protocol_fd: int) -> int:
+    shell: Optional[Shell] = None
     try:
-        return serve(Shell(settings), 0, protocol_fd)
+        shell = Shell(settings)
+    except Exception as e:  # a listener that dies here is respawned in a loop
+        log.error("cannot start (%s: %s): acknowledging events without reporting them", type(e).__name__, e)
+    try:
+        return serve(shell, 0, protocol_fd)
     except BrokenPipeError:
         log.info("supervisord closed the pipe; exiting")
         return 0

@@ -51,11 +51,6 @@ class MemoryInfo(_Model):
     problems: list[str] = Field(description="figures that could not be read, and why")
 
 
-class EventInfo(_Model):
-    header: dict[str, str] = Field(description="the event's header tokens, as received")
-    payload: dict[str, str] = Field(description="the event's payload tokens, as received")
-
-
 class Source(_Model):
     host: str
     supervisord_pid: Optional[int]
@@ -73,7 +68,10 @@ class Notification(_Model):
     exit: ExitInfo
     memory: Optional[MemoryInfo]
     notes: list[str] = Field(description="what Navi could not establish, and why")
-    event: EventInfo
+    # The event as received, under the keys the original Navi used, so that
+    # its consumers (keyed on Header.eventname and Metadata) keep working.
+    header: dict[str, str] = Field(alias="Header", description="the event's header tokens, as received")
+    metadata: dict[str, str] = Field(alias="Metadata", description="the event's payload tokens, as received")
     source: Source
 
     def to_json(self) -> bytes:

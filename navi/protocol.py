@@ -166,7 +166,10 @@ class Listener:
                 self._reset_event()
                 return BadInput("stdin closed in the middle of an event payload")
             return NEED_DATA
-        header, payload = self._header, "".join(self._chars)
+        # Counted with invalid bytes as characters; kept as text that can be
+        # written out again (U+FFFD for each invalid byte).
+        payload = "".join(self._chars).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        header = self._header
         length = int(header["len"])
         self._reset_event()
         if length > self._max_payload:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import stat
+import time
 from datetime import datetime
-from typing import Optional
-
-from navi.notification import Notification
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -25,14 +25,16 @@ class SpoolError(Exception):
     """One line a person can act on."""
 
 
-def file_name(n: Notification) -> str:
-    """``<supervisord start>-<serial>-<type>.json``: sorts in incident order,
-    is the same for a redelivered event, and holds no text from the event."""
-    started: Optional[datetime] = n.source.supervisord_started
-    stamp = started.strftime("%Y%m%dT%H%M%S.%fZ") if started else "00000000T000000.000000Z"
-    serial = n.event.header.get("serial", "")
+def file_name(stamp: datetime, serial: str) -> str:
+    """``<supervisord start>-<serial>.json``: sorts in incident order, is the
+    same for a redelivered event (however it is classified the second time),
+    and holds no text from the event."""
     number = int(serial) if serial.isdigit() else 0
-    return f"{stamp}-{number:012d}-{n.type}.json"
+    return f"{stamp:%Y%m%dT%H%M%S.%fZ}-{number:012d}.json"
+
+
+_TEMP = re.compile(r"^\..+\.json\.\d+\.\d+\.tmp$")
+STALE_TEMP = 3600  # seconds: a temp file this old is a Navi's that was killed mid-write
 
 
 class Spool:
@@ -48,6 +50,19 @@ class Spool:
             os.close(self._fd)
             raise SpoolError(f"notifications directory {directory}: not writable by uid {os.geteuid()}")
         self._counter = 0
+        self._remove_stale_temps()
+
+    def _remove_stale_temps(self) -> None:
+        now = time.time()
+        for name in os.listdir(self._fd):
+            if not _TEMP.match(name):
+                continue
+            try:
+                st = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and now - st.st_mtime > STALE_TEMP:
+                    os.unlink(name, dir_fd=self._fd)
+            except OSError:
+                pass
 
     def close(self) -> None:
         os.close(self._fd)

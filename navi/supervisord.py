@@ -1,10 +1,12 @@
 """The supervisord that feeds Navi: who it is, and its main log.
 
-The main log is read as a tail: ``supervisor.readLog(-n, 0)`` over
-``SUPERVISOR_SERVER_URL`` (or the log file itself), and the new part found
-after the last line Navi has already seen.  readLog gives no file size, so
-there are no absolute offsets to lose when the log rotates: a tail that does
-not hold the last seen line is all new.
+The main log is read over ``SUPERVISOR_SERVER_URL`` with
+``supervisor.readLog`` (or from the file itself).  readLog gives no file size,
+and fails on a range that starts inside a multi-byte character (logging a
+traceback in supervisord's own log), so Navi reads from a known offset at a
+line boundary whenever it knows one: always, once it has seen the whole log.
+Otherwise (a large log at start, a rotation) it reads a tail and finds its
+place after the last lines it has already seen.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import http.client
 import os
 import socket
+import stat
 import xmlrpc.client
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 FIRST_TAIL = 1 << 20  # at start, enough for the current supervisord's recent past
 TAIL = 16 << 10
@@ -61,24 +65,60 @@ def new_lines(tail: str, anchor: Optional[str], whole: bool) -> tuple[Optional[s
     return complete, "\n".join(seen[:-1].rsplit("\n", ANCHOR_LINES)[-ANCHOR_LINES:])
 
 
+class LogSource(Protocol):
+    def tail(self, size: int) -> str:
+        """The last ``size`` bytes of the log, decoded."""
+
+    def since(self, offset: int) -> str:
+        """The log from byte ``offset`` (a character boundary) to its end."""
+
+
 class LogTail:
     """New lines of supervisord's main log, each time it is asked."""
 
-    def __init__(self, tail: Callable[[int], str], description: str) -> None:
-        self._tail = tail
+    def __init__(self, source: LogSource, description: str) -> None:
+        self._source = source
         self.description = description
         self._anchor: Optional[str] = None
+        self._end: Optional[int] = None  # byte offset just past the anchor, when known
 
     def read_new(self) -> str:
+        if self._end is not None:
+            lines = self._read_since()
+            if lines is not None:
+                return lines
+            self._end = None  # rotated or cleared: find our place from the end
+        return self._read_tail()
+
+    def _read_since(self) -> Optional[str]:
+        assert self._end is not None
+        seen = self._anchor + "\n" if self._anchor is not None else ""
+        try:
+            text = self._source.since(self._end - _size(seen))
+        except LogUnavailable:
+            return None
+        if not text.startswith(seen):
+            return None
+        lines, self._anchor = new_lines(text, self._anchor, whole=True)
+        self._end += _size(lines or "")
+        return lines
+
+    def _read_tail(self) -> str:
         size = FIRST_TAIL if self._anchor is None else TAIL
         while True:
-            text = self._tail(size)
-            whole = len(text.encode("utf-8", "surrogateescape")) < size - 3
+            text = self._source.tail(size)
+            whole = _size(text) < size - 3
             lines, anchor = new_lines(text, self._anchor, whole or size >= MAX_TAIL)
             if lines is not None:
                 self._anchor = anchor
+                if whole:
+                    self._end = _size(text[: text.rfind("\n") + 1])
                 return lines
             size *= 4
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogateescape"))
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -97,72 +137,125 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class _UnixTransport(xmlrpc.client.Transport):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__()
-        self._path = path
-        self._timeout = timeout
+class _Transport(xmlrpc.client.Transport):
+    """HTTP over TCP or a unix socket, with a timeout: supervisord must never
+    be able to hang Navi while it holds an event."""
 
-    def make_connection(self, host: object) -> http.client.HTTPConnection:
-        return _UnixConnection(self._path, self._timeout)
+    def __init__(self, timeout: float, path: Optional[str] = None) -> None:
+        super().__init__()
+        self._timeout = timeout
+        self._path = path
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        if self._path is not None:
+            return _UnixConnection(self._path, self._timeout)
+        return http.client.HTTPConnection(host, timeout=self._timeout)
 
 
 def rpc(url: str, timeout: float = RPC_TIMEOUT) -> xmlrpc.client.ServerProxy:
     """A proxy for supervisord's XML-RPC at ``unix:///path`` or ``http://host:port``."""
     if url.startswith("unix://"):
-        return xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=_UnixTransport(url[7:], timeout))
+        return xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=_Transport(timeout, url[7:]))
     if url.startswith("http://"):
-        return xmlrpc.client.ServerProxy(url.rstrip("/") + "/RPC2")
+        return xmlrpc.client.ServerProxy(url.rstrip("/") + "/RPC2", transport=_Transport(timeout))
     raise LogUnavailable(f"supervisor URL {url!r} is neither unix:// nor http://")
 
 
-def rpc_tail(url: str) -> Callable[[int], str]:
-    proxy = rpc(url)
+class _ReadFailed(LogUnavailable):
+    """supervisord answered, but could not read that range of its log."""
 
-    def tail(size: int) -> str:
+
+class RpcLog:
+    """The main log over XML-RPC."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._proxy = rpc(url)
+
+    def since(self, offset: int) -> str:
+        return self._read(offset)
+
+    def tail(self, size: int) -> str:
         # A tail that starts inside a multi-byte character makes supervisord
-        # fail to decode it: start up to three bytes later.
-        for skip in range(4):
+        # fail to decode it (an HTTP 500, or a fault): start up to three
+        # bytes later.
+        for skip in range(3):
             try:
-                return str(proxy.supervisor.readLog(-(size - skip), 0))
-            except xmlrpc.client.Fault as e:
-                if e.faultCode == 20:  # NO_FILE
-                    raise LogUnavailable(
-                        "supervisord has no main log file (logfile=syslog?): exit statuses are only in its log"
-                    ) from None
-                fault = e.faultString
-            except (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError) as e:
-                raise LogUnavailable(f"cannot reach supervisord at {url}: {e}") from None
-        raise LogUnavailable(f"supervisord could not read its log: {fault}")
+                return self._read(-(size - skip))
+            except _ReadFailed:
+                pass
+        return self._read(-(size - 3))
 
-    return tail
-
-
-def file_tail(path: str) -> Callable[[int], str]:
-    def tail(size: int) -> str:
+    def _read(self, offset: int) -> str:
         try:
-            with open(path, "rb") as f:
-                end = f.seek(0, os.SEEK_END)
-                f.seek(max(0, end - size))
-                return f.read(size).decode("utf-8", "replace")
+            return str(self._proxy.supervisor.readLog(offset, 0))
+        except xmlrpc.client.Fault as e:
+            if e.faultCode == 20:  # NO_FILE
+                raise LogUnavailable(
+                    "supervisord has no main log file (logfile=syslog?): exit statuses are only in its log"
+                ) from None
+            raise _ReadFailed(f"supervisord could not read its log: {e.faultString}") from None
+        except xmlrpc.client.ProtocolError as e:
+            raise _ReadFailed(f"supervisord could not read its log: {e.errcode} {e.errmsg}") from None
+        except (OSError, http.client.HTTPException) as e:
+            raise LogUnavailable(f"cannot reach supervisord at {self._url}: {e}") from None
+
+
+class FileLog:
+    """The main log as a file."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def since(self, offset: int) -> str:
+        return self._read(lambda end: offset)
+
+    def tail(self, size: int) -> str:
+        return self._read(lambda end: max(0, end - size))
+
+    def _read(self, start: Callable[[int], int]) -> str:
+        try:
+            # Non-blocking and regular files only: the application (same
+            # uid) could put a FIFO there.
+            fd = os.open(self._path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise LogUnavailable(f"supervisord's log {self._path} is not a regular file")
+                f.seek(start(f.seek(0, os.SEEK_END)))
+                return f.read(MAX_TAIL).decode("utf-8", "surrogateescape")
         except OSError as e:
-            raise LogUnavailable(f"cannot read supervisord's log {path}: {e.strerror}") from None
-
-    return tail
+            raise LogUnavailable(f"cannot read supervisord's log {self._path}: {e.strerror}") from None
 
 
-def started_at(pid: int, proc_root: str = "/proc") -> Optional[datetime]:
-    """When process ``pid`` started (UTC), from its stat and the boot time."""
+@dataclass(frozen=True)
+class Identity:
+    """One supervisord lifetime: its serials are unique only within it."""
+
+    key: Optional[str]  # boot id, pid and start ticks: stable even if the clock is set
+    started: Optional[datetime]
+
+
+def identity(pid: int, proc_root: str = "/proc") -> Identity:
+    """Who process ``pid`` is, and when it started (UTC)."""
+
+    def read(*parts: str) -> str:
+        with open(os.path.join(proc_root, *parts), "rb") as f:
+            return f.read(65536).decode("ascii", "replace")
+
     try:
-        with open(os.path.join(proc_root, str(pid), "stat"), "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-        with open(os.path.join(proc_root, "stat"), "rb") as f:
-            btime = next(
-                int(line.split()[1]) for line in f.read().decode("ascii", "replace").splitlines()
-                if line.startswith("btime ")
-            )
+        stat_line = read(str(pid), "stat")
         # Field 22, counted after the ")" that ends the command name.
-        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+        ticks = int(stat_line[stat_line.rindex(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return Identity(None, None)
+    try:
+        boot_id = read("sys", "kernel", "random", "boot_id").strip()
+    except OSError:
+        boot_id = "unknown-boot"
+    started = None
+    try:
+        btime = next(int(line.split()[1]) for line in read("stat").splitlines() if line.startswith("btime "))
+        started = datetime.fromtimestamp(btime + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc)
     except (OSError, ValueError, IndexError, StopIteration):
-        return None
-    return datetime.fromtimestamp(btime + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc)
+        pass
+    return Identity(f"{boot_id}:{pid}:{ticks}", started)

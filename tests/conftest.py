@@ -21,7 +21,7 @@ from navi import cgroup
 from navi.sandbox import Sandbox, Unavailable
 from navi.sandbox import memory_cgroup as memory_cgroup_of
 
-NOTIFICATION_NAME = re.compile(r"^[0-9T.Z]+-\d{12}-(crash|oom|fatal)\.json$")
+NOTIFICATION_NAME = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-\d{12}\.json$")
 
 
 def _process_start(pid: int) -> Optional[str]:
@@ -138,8 +138,7 @@ class E2ESandbox(Sandbox):
         assert [n for n in names if not NOTIFICATION_NAME.match(n)] == []
         parsed = [json.loads(p.read_text(encoding="utf-8")) for p in files]
         for name, n in zip(names, parsed):
-            assert name.endswith(f"-{n['type']}.json")
-            assert name.split("-")[1] == f"{int(n['event']['header']['serial']):012d}"
+            assert name.endswith(f"-{int(n['Header']['serial']):012d}.json")
         ids = [n["id"] for n in parsed]
         assert len(set(ids)) == len(ids), f"duplicate ids: {ids}"
         return parsed

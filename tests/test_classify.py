@@ -17,6 +17,7 @@ ORIGIN = Origin(
     host="c0ffee",
     supervisord_pid=7,
     supervisord_started=datetime(2026, 11, 24, 23, 0, tzinfo=timezone.utc),
+    supervisord_key="boot:7:12345",
     own_group="navi",
     own_name="navi",
     navi_version="test",
@@ -229,7 +230,7 @@ def test_no_notification_for_other_events() -> None:
 def test_ids_are_stable_and_distinct() -> None:
     assert event_id(ORIGIN, exited(serial=5)) == event_id(ORIGIN, exited(serial=5))
     assert event_id(ORIGIN, exited(serial=5)) != event_id(ORIGIN, exited(serial=6))
-    other = Origin(**{**ORIGIN.__dict__, "supervisord_pid": 8})
+    other = Origin(**{**ORIGIN.__dict__, "supervisord_key": "boot:7:12346"})
     assert event_id(ORIGIN, exited(serial=5)) != event_id(other, exited(serial=5))
 
 
@@ -243,10 +244,10 @@ def test_json_has_the_required_keys() -> None:
     assert doc["process"] == {"name": "wëb", "group": "wëb", "pid": 42}
     assert doc["exit"]["signal"] == "SIGSEGV" and doc["exit"]["signal_number"] == 11
     assert doc["exit"]["core_dumped"] is True and doc["exit"]["code"] is None
-    # A consumer of the original Navi still finds these.
-    assert doc["event"]["header"]["eventname"] == "PROCESS_STATE_EXITED"
-    assert doc["event"]["payload"]["processname"] == "wëb" and doc["event"]["payload"]["pid"] == "42"
-    assert set(doc) >= {"schema", "id", "type", "time", "process", "exit", "event"}
+    # A consumer of the original Navi still finds these, where it looked.
+    assert doc["Header"]["eventname"] == "PROCESS_STATE_EXITED"
+    assert doc["Metadata"]["processname"] == "wëb" and doc["Metadata"]["pid"] == "42"
+    assert set(doc) >= {"schema", "id", "type", "time", "process", "exit", "Header", "Metadata"}
 
 
 @given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["terminated by SIGKILL", "exit status 137",

@@ -66,6 +66,10 @@ def v2_tree(tmp: Path, oom_kill: int = 0) -> dict[str, str]:
     """A cgroup v2 container (cgroup namespace) as the kernel shows it."""
     proc = tmp / "proc" / "self"
     proc.mkdir(parents=True)
+    # Who the listener's parent (this test, as supervisord) is.
+    for real in (f"{os.getpid()}/stat", "stat", "sys/kernel/random/boot_id"):
+        (tmp / "proc" / real).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "proc" / real).write_bytes(Path("/proc", real).read_bytes())
     (proc / "cgroup").write_text("0::/\n")
     (proc / "mountinfo").write_text(
         "1203 1118 0:379 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n"
@@ -142,7 +146,7 @@ def test_crash_then_oom_on_cgroup_v2(world: dict[str, Any]) -> None:
 def test_stray_output_never_reaches_the_protocol_pipe() -> None:
     code = (
         "import os, subprocess, warnings\n"
-        "from navi.listener import take_stdout\n"
+        "from navi.cli import take_stdout\n"
         "fd = take_stdout()\n"
         "print('a stray print')\n"
         "warnings.warn('a library warning')\n"
@@ -214,7 +218,8 @@ def test_unreadable_cgroup_degrades_to_crash_with_evidence(world: dict[str, Any]
     (crash,) = notifications(tmp)
     assert crash["type"] == "crash" and crash["memory"] is None and crash["exit"]["signal"] == "SIGKILL"
     assert any("cannot be told from a crash" in note for note in crash["notes"])
-    assert sum("noproc" in line for line in sup.stderr().splitlines()) == 1
+    cgroup_lines = [line for line in sup.stderr().splitlines() if "OOM kills will be reported as crashes" in line]
+    assert len(cgroup_lines) == 1 and "noproc" in cgroup_lines[0]
 
 
 def test_redelivered_event_gives_no_second_file(world: dict[str, Any]) -> None:
@@ -226,3 +231,49 @@ def test_redelivered_event_gives_no_second_file(world: dict[str, Any]) -> None:
         assert sup.close() == (0, b"")
     assert len(notifications(tmp)) == 1
     assert "already written" in sup.stderr()
+
+
+def test_a_kill_seen_on_a_tick_is_claimed_by_the_victim(world: dict[str, Any]) -> None:
+    tmp, log = world["tmp"], world["log"]
+    sup = FakeSupervisord(tmp, world["env"])
+    write_events(tmp, oom_kill=1)
+    sup.event("TICK_5", "when:1764025200")  # the counter is read on every event
+    die(log, "api", 7, "terminated by SIGKILL")
+    sup.event("PROCESS_STATE_EXITED", exited_payload("api", 7))
+    assert sup.close() == (0, b"")
+    (oom,) = notifications(tmp)
+    assert oom["type"] == "oom" and oom["memory"]["oom_kill"] == 1 and oom["memory"]["oom_kill_rise"] == 0
+    assert any("counted while reporting an earlier death" in note for note in oom["notes"])
+
+
+def test_a_replaced_directory_is_opened_again(world: dict[str, Any]) -> None:
+    tmp, log = world["tmp"], world["log"]
+    sup = FakeSupervisord(tmp, world["env"])
+    die(log, "api", 7, "exit status 2")
+    sup.event("PROCESS_STATE_EXITED", exited_payload("api", 7))
+    old = tmp / "notifications"
+    for f in old.iterdir():
+        f.unlink()
+    old.rmdir()
+    old.mkdir()
+    die(log, "api", 8, "exit status 4")
+    sup.event("PROCESS_STATE_EXITED", exited_payload("api", 8))
+    assert sup.close() == (0, b"")
+    (crash,) = notifications(tmp)
+    assert crash["exit"]["code"] == 4
+    assert "lost" not in sup.stderr()
+
+
+def test_a_bad_supervisor_url_is_one_line_not_a_crash_loop(world: dict[str, Any]) -> None:
+    tmp = world["tmp"]
+    env = {k: v for k, v in world["env"].items() if k != "NAVI_SUPERVISORD_LOG"}
+    env["NAVI_SUPERVISOR_URL"] = "https://supervisor:9001"
+    sup = FakeSupervisord(tmp, env)
+    sup.event("PROCESS_STATE_EXITED", exited_payload("api", 7))
+    assert sup.close() == (0, b"")
+    (crash,) = notifications(tmp)
+    assert "neither unix:// nor http://" in crash["exit"]["unavailable"]
+    assert [line for line in sup.stderr().splitlines() if "ERROR" in line] == [
+        "navi: ERROR: supervisor URL 'https://supervisor:9001' is neither unix:// nor http://; "
+        "exit statuses will be null until it can be read"
+    ]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from navi.supervisord import LogTail, LogUnavailable, file_tail, new_lines, rpc, started_at
+from navi.supervisord import FileLog, Identity, LogTail, LogUnavailable, RpcLog, identity, new_lines, rpc
 
 
 class GrowingLog:
@@ -16,6 +16,7 @@ class GrowingLog:
 
     def __init__(self) -> None:
         self.data = b""
+        self.since_calls = 0
 
     def write(self, text: str) -> None:
         self.data += text.encode()
@@ -26,16 +27,23 @@ class GrowingLog:
     def tail(self, size: int) -> str:
         return self.data[-size:].decode("utf-8", "replace")
 
+    def since(self, offset: int) -> str:
+        self.since_calls += 1
+        try:
+            return self.data[offset:].decode()
+        except UnicodeDecodeError:  # as supervisord fails, with an HTTP 500
+            raise LogUnavailable("500 Internal Server Error") from None
+
 
 def test_first_read_takes_the_recent_past() -> None:
     log = GrowingLog()
     log.write("one\ntwo\nthree\n")
-    assert LogTail(log.tail, "test").read_new() == "one\ntwo\nthree\n"
+    assert LogTail(log, "test").read_new() == "one\ntwo\nthree\n"
 
 
 def test_only_new_complete_lines() -> None:
     log = GrowingLog()
-    reader = LogTail(log.tail, "test")
+    reader = LogTail(log, "test")
     log.write("a\nb\n")
     assert reader.read_new() == "a\nb\n"
     assert reader.read_new() == ""
@@ -47,7 +55,7 @@ def test_only_new_complete_lines() -> None:
 
 def test_a_repeated_line_is_new() -> None:
     log = GrowingLog()
-    reader = LogTail(log.tail, "test")
+    reader = LogTail(log, "test")
     log.write("a\nx\n")
     reader.read_new()
     log.write("x\n")
@@ -58,7 +66,7 @@ def test_a_repeated_line_is_new() -> None:
 
 def test_rotation_makes_everything_new() -> None:
     log = GrowingLog()
-    reader = LogTail(log.tail, "test")
+    reader = LogTail(log, "test")
     log.write("old 1\nold 2\n")
     reader.read_new()
     log.rotate()
@@ -66,9 +74,20 @@ def test_rotation_makes_everything_new() -> None:
     assert reader.read_new() == "new 1\n"
 
 
+def test_after_seeing_the_whole_log_it_reads_from_its_offset() -> None:
+    log = GrowingLog()
+    reader = LogTail(log, "test")
+    log.write("a\n")
+    reader.read_new()
+    log.write("wëb\nc\n")
+    assert reader.read_new() == "wëb\nc\n"
+    assert reader.read_new() == ""
+    assert log.since_calls == 2
+
+
 def test_a_long_burst_widens_the_tail() -> None:
     log = GrowingLog()
-    reader = LogTail(log.tail, "test")
+    reader = LogTail(log, "test")
     log.write("start\n")
     reader.read_new()
     burst = "".join(f"line {i:06d} {'x' * 80}\n" for i in range(3000))  # ~270 KB, more than one tail
@@ -88,7 +107,7 @@ def test_every_line_is_read_exactly_once(writes: list[tuple[list[str], bool]]) -
     # Each line starts with a distinct stamp, as supervisord's carry the time
     # to the millisecond; the text after it repeats freely.
     log = GrowingLog()
-    reader = LogTail(log.tail, "test")
+    reader = LogTail(log, "test")
     seen, expected, stamp = "", "", 0
     for lines, rotate in writes:
         if rotate:
@@ -107,7 +126,7 @@ def test_every_line_is_read_exactly_once(writes: list[tuple[list[str], bool]]) -
 def test_file_tail(tmp_path: Path) -> None:
     path = tmp_path / "supervisord.log"
     path.write_text("a\nb\n")
-    reader = LogTail(file_tail(str(path)), str(path))
+    reader = LogTail(FileLog(str(path)), str(path))
     assert reader.read_new() == "a\nb\n"
     with path.open("a") as f:
         f.write("c\n")
@@ -116,20 +135,27 @@ def test_file_tail(tmp_path: Path) -> None:
 
 def test_file_tail_missing(tmp_path: Path) -> None:
     with pytest.raises(LogUnavailable, match="No such file"):
-        LogTail(file_tail(str(tmp_path / "none.log")), "x").read_new()
+        LogTail(FileLog(str(tmp_path / "none.log")), "x").read_new()
 
 
 def test_rpc_unreachable(tmp_path: Path) -> None:
-    from navi.supervisord import rpc_tail
-
     with pytest.raises(LogUnavailable, match="cannot reach supervisord"):
-        rpc_tail(f"unix://{tmp_path}/no.sock")(100)
+        RpcLog(f"unix://{tmp_path}/no.sock").tail(100)
     with pytest.raises(LogUnavailable, match="neither unix:// nor http://"):
         rpc("ftp://x")
 
 
-def test_started_at_is_this_process_start() -> None:
-    started = started_at(os.getpid())
-    assert started is not None
-    assert timedelta(0) <= datetime.now(timezone.utc) - started < timedelta(hours=2)
-    assert started_at(os.getpid(), "/nonexistent") is None
+def test_identity_of_this_process() -> None:
+    me = identity(os.getpid())
+    assert me.started is not None and me.key is not None
+    assert timedelta(0) <= datetime.now(timezone.utc) - me.started < timedelta(hours=2)
+    assert me.key == identity(os.getpid()).key  # stable
+    assert f":{os.getpid()}:" in me.key
+    assert identity(os.getpid(), "/nonexistent") == Identity(None, None)
+
+
+def test_file_tail_refuses_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "supervisord.log"
+    os.mkfifo(fifo)
+    with pytest.raises(LogUnavailable, match="not a regular file"):
+        FileLog(str(fifo)).tail(100)  # would block forever without O_NONBLOCK

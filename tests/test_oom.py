@@ -47,8 +47,8 @@ def test_real_oom_kill_then_kill_9(memory_cgroup: MemoryCgroup, sandbox: Sandbox
 
     assert oom["type"] == "oom"
     assert oom["process"] == {"name": "hog", "group": "hog", "pid": hog_pid}
-    assert oom["event"]["header"]["eventname"] == "PROCESS_STATE_EXITED"
-    assert oom["event"]["payload"]["pid"] == str(hog_pid)
+    assert oom["Header"]["eventname"] == "PROCESS_STATE_EXITED"
+    assert oom["Metadata"]["pid"] == str(hog_pid)
     assert oom["exit"]["signal"] == "SIGKILL"
     assert oom["exit"]["signal_number"] == 9
     assert oom["exit"]["code"] is None

@@ -99,7 +99,7 @@ def test_empty_payload_and_free_text_after_first_line() -> None:
 def test_invalid_utf8_counts_one_character_per_byte() -> None:
     raw = b"ver:3.0 eventname:PROCESS_STATE_EXITED len:5\nab\xff\xfecd" + envelope("TICK_5", "when:1")
     results, _ = drive([raw])
-    assert isinstance(results[0], Event) and results[0].payload == "ab\udcff\udcfec"
+    assert isinstance(results[0], Event) and results[0].payload == "ab\ufffd\ufffdc"
     # The "d" left over runs into the next header line, which is still usable.
     assert len(results) == 2 and isinstance(results[1], Event) and results[1].name == "TICK_5"
 

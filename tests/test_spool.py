@@ -2,21 +2,13 @@ from __future__ import annotations
 
 import errno
 import os
-import re
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from navi.classify import Classifier
 from navi.spool import Spool, SpoolError, file_name
-from tests.test_classify import ORIGIN, evidence, exited
-
-
-def notification(serial: int, name: str = "web") -> Any:
-    n = Classifier(ORIGIN, oom_baseline=0).decide(exited(name=name, serial=serial), evidence())
-    assert n is not None
-    return n
 
 
 def test_publish_writes_the_whole_file_and_no_temp(tmp_path: Path) -> None:
@@ -36,12 +28,22 @@ def test_same_name_twice_is_one_file(tmp_path: Path) -> None:
 
 
 def test_names_sort_in_incident_order_and_hold_no_event_text() -> None:
-    names = [file_name(notification(s, name="wëb/../x")) for s in (9, 10, 100, 2000)]
+    started = datetime(2026, 11, 24, 23, 0, tzinfo=timezone.utc)
+    names = [file_name(started, serial) for serial in ("9", "10", "100", "2000")]
     assert names == sorted(names)
-    for name in names:
-        assert re.fullmatch(r"20261124T230000\.000000Z-\d{12}-crash\.json", name)
-    # A redelivered event gets the same name, whatever its time of arrival.
-    assert file_name(notification(9)) == names[0]
+    assert names[0] == "20261124T230000.000000Z-000000000009.json"
+    # A later supervisord's first serial sorts after the earlier one's last.
+    assert file_name(started + timedelta(seconds=1), "1") > names[-1]
+
+
+def test_stale_temp_files_of_a_killed_navi_are_removed(tmp_path: Path) -> None:
+    old, fresh, other = tmp_path / ".x.json.12.1.tmp", tmp_path / ".y.json.13.1.tmp", tmp_path / ".other"
+    for path in (old, fresh, other):
+        path.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    os.utime(other, (time.time() - 7200, time.time() - 7200))
+    Spool(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [".other", ".y.json.13.1.tmp"]
 
 
 def test_planted_symlink_at_the_final_name_is_not_followed(tmp_path: Path) -> None:

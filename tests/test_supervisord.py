@@ -71,12 +71,12 @@ def check_exit_event(box: E2ESandbox, n: dict[str, Any], name: str, pid: int) ->
     assert n["process"] == {"name": name, "group": name, "pid": pid}
     assert n["exit"]["during_startup"] is False
     assert n["exit"]["unavailable"] is None
-    assert n["event"]["header"]["eventname"] == "PROCESS_STATE_EXITED"
-    assert n["event"]["payload"]["processname"] == name
-    assert n["event"]["payload"]["groupname"] == name
-    assert n["event"]["payload"]["expected"] == "0"
-    assert n["event"]["payload"]["from_state"] == "RUNNING"
-    assert n["event"]["payload"]["pid"] == str(pid)
+    assert n["Header"]["eventname"] == "PROCESS_STATE_EXITED"
+    assert n["Metadata"]["processname"] == name
+    assert n["Metadata"]["groupname"] == name
+    assert n["Metadata"]["expected"] == "0"
+    assert n["Metadata"]["from_state"] == "RUNNING"
+    assert n["Metadata"]["pid"] == str(pid)
     if memory_expected():
         assert n["notes"] == []
         assert n["memory"] is not None
@@ -228,13 +228,13 @@ def test_fatal_after_startretries(sandbox: SandboxFactory) -> None:
 
     found = drain(box, {})
     assert [n["type"] for n in found] == ["crash", "crash", "crash", "fatal"]
-    serials = [int(n["event"]["header"]["serial"]) for n in found]
+    serials = [int(n["Header"]["serial"]) for n in found]
     assert serials == sorted(serials), "file names sort in event order"
     pids = box.spawned_pids("failer")
     assert len(pids) == 3
     for n, pid, tries in zip(found, pids, ("1", "2", "3")):
-        assert n["event"]["header"]["eventname"] == "PROCESS_STATE_BACKOFF"
-        assert n["event"]["payload"] == {
+        assert n["Header"]["eventname"] == "PROCESS_STATE_BACKOFF"
+        assert n["Metadata"] == {
             "processname": "failer", "groupname": "failer", "from_state": "STARTING", "tries": tries,
         }
         assert n["process"] == {"name": "failer", "group": "failer", "pid": pid}
@@ -244,8 +244,8 @@ def test_fatal_after_startretries(sandbox: SandboxFactory) -> None:
         assert n["exit"]["log_line"].endswith("WARN exited: failer (exit status 1; not expected)")
         assert n["summary"] == "failer crashed during startup: exit status 1"
     fatal = found[3]
-    assert fatal["event"]["header"]["eventname"] == "PROCESS_STATE_FATAL"
-    assert fatal["event"]["payload"] == {"processname": "failer", "groupname": "failer", "from_state": "BACKOFF"}
+    assert fatal["Header"]["eventname"] == "PROCESS_STATE_FATAL"
+    assert fatal["Metadata"] == {"processname": "failer", "groupname": "failer", "from_state": "BACKOFF"}
     assert fatal["process"] == {"name": "failer", "group": "failer", "pid": None}
     assert fatal["exit"]["code"] == 1
     assert fatal["exit"]["signal"] is None
@@ -299,7 +299,7 @@ def test_burst_of_crashes_gives_well_formed_files(sandbox: SandboxFactory) -> No
     files = box.notification_files()
     assert len(files) == 7
     assert [p.name for p in files] == sorted(p.name for p in files)
-    serials = [int(n["event"]["header"]["serial"]) for n in box.notifications_list()]
+    serials = [int(n["Header"]["serial"]) for n in box.notifications_list()]
     assert serials == sorted(serials) and len(set(serials)) == 7
     assert len({n["id"] for n in box.notifications_list()}) == 7
     for p in files:
@@ -342,3 +342,20 @@ def test_missing_notifications_dir(sandbox: SandboxFactory, scratch_dir: Path) -
     assert n["exit"]["code"] == 5
     assert box.check_files(later) == [n]
     box.check_healthy(expect_errors=True)
+
+
+def test_log_tail_starting_inside_a_character(sandbox: SandboxFactory) -> None:
+    """supervisord cannot decode a readLog tail that starts inside a
+    multi-byte character (it answers HTTP 500): Navi starts a byte later."""
+    from navi.supervisord import RpcLog
+
+    box = sandbox(program("日本語", "sleep 3600"))
+    box.wait_states({"日本語": "RUNNING"})
+    data = (box.mnt / "log" / "supervisord.log").read_bytes()
+    inside = data.rindex("日".encode()) + 1  # the second byte of a 3-byte character
+    tail = RpcLog(f"unix://{box.socket}").tail(len(data) - inside)
+    after = box.log("supervisord.log")
+    # The first try did fail in supervisord (it logs the error, which is
+    # why the tail is of the grown log), and the retry read it whole.
+    assert "has no attribute 'utf-8'" in after[len(data.decode()) :]
+    assert tail and after.endswith(tail)
