@@ -149,6 +149,7 @@ class E2ESandbox(Sandbox):
         main_log = self.log("supervisord.log")
         assert "UNKNOWN" not in main_log, main_log
         assert "event buffer overflowed" not in main_log, main_log
+        assert "Traceback" not in main_log, main_log  # e.g. a readLog of Navi's that supervisord failed on
         navi_log = self.log("navi.log")
         assert "Traceback" not in navi_log, navi_log
         assert "internal error" not in navi_log, navi_log
