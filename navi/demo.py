@@ -16,27 +16,22 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from navi.sandbox import Sandbox, Unavailable, memory_cgroup
+from navi.sandbox import Sandbox, Unavailable, memory_cgroup, program
 
 OOM_LIMIT = 192 << 20
 
 
-def _program(name: str, command: str, **options: object) -> str:
-    settings = {"startsecs": 1, "autorestart": "false", **options}
-    return f"[program:{name}]\ncommand={command}\n" + "".join(f"{k}={v}\n" for k, v in settings.items()) + "\n"
-
-
 PROGRAMS = (
-    _program("exits-3", 'sh -c "sleep 1.5; exit 3"')
-    + _program("segfaults", "sh -c 'sleep 1.5; kill -SEGV $$'")
-    + _program("killed", "sleep 3600")
-    + _program("crash-loop", 'sh -c "sleep 1.2; exit 1"', autorestart="true")
-    + _program("fails-at-start", 'sh -c "echo no config >&2; exit 1"', startretries=2)
-    + _program("finishes", 'sh -c "sleep 1.5; exit 0"', exitcodes=0)
+    program("exits-3", 'sh -c "sleep 1.5; exit 3"')
+    + program("segfaults", "sh -c 'sleep 1.5; kill -SEGV $$'")
+    + program("killed", "sleep 3600")
+    + program("crash-loop", 'sh -c "sleep 1.2; exit 1"', autorestart="true")
+    + program("fails-at-start", 'sh -c "echo no config >&2; exit 1"', startretries=2)
+    + program("finishes", 'sh -c "sleep 1.5; exit 0"', exitcodes=0)
 )
 # exec: the hog is the process supervisord watches, so it sees the SIGKILL
 # itself (a shell in between would report "exit status 137").
-HOG = _program("hog", f"sh -c 'sleep 2; exec {sys.executable} -c \"b = bytearray(1 << 30)\"'")
+HOG = program("hog", f"sh -c 'sleep 2; exec {sys.executable} -c \"b = bytearray(1 << 30)\"'")
 
 
 class Progress:

@@ -31,6 +31,13 @@ from navi.supervisord import rpc
 MNT_DIRS = ("app", "home", "log", "notifications", "tmp")
 
 
+def program(name: str, command: str, **options: object) -> str:
+    """One ``[program:x]`` section for ``/mnt/supervisor.conf``; by default
+    quick to start and never restarted."""
+    settings: dict[str, object] = {"command": command, "startsecs": 1, "autorestart": "false", **options}
+    return f"[program:{name}]\n" + "".join(f"{k}={v}\n" for k, v in settings.items()) + "\n"
+
+
 def shipped_config_dir() -> Path:
     """``supervisor/`` of a source checkout, else where ``pip install`` put it."""
     checkout = Path(__file__).resolve().parent.parent / "supervisor"

@@ -86,7 +86,14 @@ def kill_leftovers(processes: list[tuple[int, str]], grace: float = 5.0) -> list
     return killed
 
 
-def _has_memory_cgroup() -> bool:
+def triggered(name: str, then: str) -> str:
+    """A shell command that waits (past startsecs) until the test creates
+    {mnt}/tmp/go-<name> (E2ESandbox.trigger), then runs ``then``."""
+    return f"sh -c 'while [ ! -e {{mnt}}/tmp/go-{name} ]; do sleep 0.05; done; {then}'"
+
+
+def has_memory_cgroup() -> bool:
+    """Navi runs in the test's own memory cgroup unless told otherwise."""
     try:
         cgroup.locate()
     except cgroup.CgroupError:
@@ -156,7 +163,7 @@ class E2ESandbox(Sandbox):
         assert "bad input" not in navi_log, navi_log
         if not expect_errors:
             errors = [line for line in navi_log.splitlines() if "ERROR" in line]
-            if not _has_memory_cgroup():  # said once at start, where there is none
+            if not has_memory_cgroup():  # said once at start, where there is none
                 errors = [e for e in errors if not e.endswith("OOM kills will be reported as crashes")]
             assert errors == [], navi_log
         # Navi was never respawned: one spawn, and no exit of its own.

@@ -8,21 +8,14 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+from navi.sandbox import program
+from tests.conftest import triggered
+
 if TYPE_CHECKING:
     from navi.cgroup import MemoryCgroup
     from tests.conftest import SandboxFactory
 
 LIMIT = 134217728  # what the memory_cgroup fixture sets: 128 MiB, no swap
-
-
-def triggered(name: str, then: str) -> str:
-    """A shell command that waits (past startsecs) until the test creates
-    {mnt}/tmp/go-<name> (E2ESandbox.trigger), then runs ``then``."""
-    return f"sh -c 'while [ ! -e {{mnt}}/tmp/go-{name} ]; do sleep 0.05; done; {then}'"
-
-
-def program(name: str, command: str) -> str:
-    return f"[program:{name}]\ncommand={command}\nstartsecs=1\nautorestart=false\n\n"
 
 
 # exec: the hog is the process supervisord started, so supervisord sees the

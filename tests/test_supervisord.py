@@ -12,24 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from navi import cgroup
+from navi.sandbox import program
+from tests.conftest import has_memory_cgroup, triggered
 
 if TYPE_CHECKING:
     from tests.conftest import E2ESandbox, SandboxFactory
-
-
-def triggered(name: str, then: str) -> str:
-    """A shell command that waits (past startsecs) until the test creates
-    {mnt}/tmp/go-<name> (E2ESandbox.trigger), then runs ``then``."""
-    return f"sh -c 'while [ ! -e {{mnt}}/tmp/go-{name} ]; do sleep 0.05; done; {then}'"
-
-
-def program(name: str, command: str, **options: object) -> str:
-    """One ``[program:x]`` section; quick to start, never restarted."""
-    settings: dict[str, object] = {"command": command, "startsecs": 1, "autorestart": "false"}
-    settings.update(options)
-    lines = [f"[program:{name}]"] + [f"{k}={v}" for k, v in settings.items()]
-    return "\n".join(lines) + "\n\n"
 
 
 # Every sandbox has one: its crash, triggered last, proves that every event
@@ -55,15 +42,6 @@ def drain(box: E2ESandbox, settled: dict[str, str]) -> list[dict[str, Any]]:
     return found[:-1]
 
 
-def memory_expected() -> bool:
-    """Navi runs in the test's own cgroup unless told otherwise."""
-    try:
-        cgroup.locate()
-    except cgroup.CgroupError:
-        return False
-    return True
-
-
 def check_exit_event(box: E2ESandbox, n: dict[str, Any], name: str, pid: int) -> None:
     """The fields an EXITED notification must carry for ``name`` at ``pid``
     (original Navi consumers key on the event's header and payload)."""
@@ -77,7 +55,7 @@ def check_exit_event(box: E2ESandbox, n: dict[str, Any], name: str, pid: int) ->
     assert n["Metadata"]["expected"] == "0"
     assert n["Metadata"]["from_state"] == "RUNNING"
     assert n["Metadata"]["pid"] == str(pid)
-    if memory_expected():
+    if has_memory_cgroup():
         assert n["notes"] == []
         assert n["memory"] is not None
         assert n["memory"]["oom_kill_rise"] == 0
@@ -171,7 +149,7 @@ def test_kill_9_from_outside_is_a_crash_not_oom(sandbox: SandboxFactory) -> None
     assert n["exit"]["code"] is None
     assert n["exit"]["core_dumped"] is False
     assert n["summary"] == "victim crashed: killed by SIGKILL"
-    if memory_expected():
+    if has_memory_cgroup():
         assert n["memory"]["oom_kill_rise"] == 0
     box.check_healthy()
 
