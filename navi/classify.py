@@ -226,6 +226,12 @@ class Classifier:
                 "reported: the kill is left to it"
             )
             return False
+        if killed and evidence.sigkills_waiting >= len(self._kills):
+            notes.append(
+                f"{evidence.sigkills_waiting} other program(s) were killed by SIGKILL at about the same time, "
+                "and the oom_kill counter does not say which process it killed: the kill is given to the "
+                "first one reported"
+            )
         seen = self._kills.popleft()
         if seen < evidence.observed_at:
             ms = (evidence.observed_at - seen).total_seconds() * 1000

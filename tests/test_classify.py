@@ -126,6 +126,16 @@ def test_two_kills_are_claimed_by_two_deaths() -> None:
     assert c.unclaimed_kills == 0
 
 
+def test_two_sigkills_and_one_kill_is_said_to_be_ambiguous() -> None:
+    c = Classifier(ORIGIN, oom_baseline=0)
+    ev = Evidence(observed_at=NOW, exit=record("terminated by SIGKILL"), memory=memory(1), sigkills_waiting=1)
+    first = c.decide(exited(serial=1), ev)
+    assert first is not None and first.type == "oom"
+    assert any("does not say which process it killed" in note for note in first.notes)
+    second = c.decide(exited(serial=2), evidence("terminated by SIGKILL", oom_kill=1))
+    assert second is not None and second.type == "crash"
+
+
 def test_another_signal_never_claims_a_kill() -> None:
     # A segfault handled just after someone else's OOM kill was counted.
     c = Classifier(ORIGIN, oom_baseline=0)
