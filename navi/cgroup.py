@@ -246,6 +246,13 @@ def _v2_ancestor_limit(cgroup: MemoryCgroup) -> Optional[int]:
         current = parent
 
 
+def read_oom_kill(cgroup: MemoryCgroup) -> Optional[int]:
+    """The oom_kill counter alone (one small file), or None. Never raises."""
+    name = "memory.oom_control" if cgroup.version == 1 else "memory.events"
+    _, value = _value(os.path.join(cgroup.path, name), lambda text: parse_flat_keyed(text).get("oom_kill"), [])
+    return value
+
+
 def read(cgroup: MemoryCgroup) -> MemorySnapshot:
     """Current memory figures of `cgroup`. Never raises."""
     problems: list[str] = []

@@ -73,6 +73,9 @@ class Evidence:
     observed_at: datetime
     exit: Optional[ExitRecord] = None
     exit_problem: Optional[str] = None  # why exit is None
+    # The cgroup's oom_kill counter, read at every event (a TICK too): each
+    # reading dates the kills it finds.  The figures are read for incidents.
+    oom_kill: Optional[int] = None
     memory: Optional[MemorySnapshot] = None
     memory_problem: Optional[str] = None  # why memory is None
     # Deaths by SIGKILL already in supervisord's log whose events are still
@@ -105,13 +108,13 @@ class Classifier:
         self._last_exit: OrderedDict[str, ExitInfo] = OrderedDict()
 
     def decide(self, event: Event, evidence: Evidence) -> Optional[Notification]:
-        """The notification for an event, if any.  Give memory evidence with
-        every event (a TICK too): each reading dates the kills it finds."""
-        notes: list[str] = []
-        memory = self._observe(evidence, notes)
+        """The notification for an event, if any."""
+        rise, counter_problem = self._count(evidence.observed_at, evidence.oom_kill)
         incident = triage(event, self.origin)
         if incident is None:
             return None
+        notes: list[str] = []
+        memory = _memory_info(evidence, rise, counter_problem, notes)
         if self._expired_kills:
             notes.insert(
                 0,
@@ -165,44 +168,21 @@ class Classifier:
     def unclaimed_kills(self) -> int:
         return len(self._kills)
 
-    def _observe(self, evidence: Evidence, notes: list[str]) -> Optional[MemoryInfo]:
-        """Take a reading of the counter: new kills join those not yet claimed."""
-        now = evidence.observed_at
+    def _count(self, now: datetime, oom_kill: Optional[int]) -> tuple[Optional[int], Optional[str]]:
+        """Take a reading of the counter: new kills join those not yet
+        claimed.  Returns its rise, or why it cannot tell."""
         while self._kills and now - self._kills[0] > OOM_WINDOW:
             self._kills.popleft()
             self._expired_kills += 1
-        snap = evidence.memory
-        if snap is None:
-            notes.append(
-                f"no memory evidence ({evidence.memory_problem or 'no memory cgroup'}): "
-                "an OOM kill cannot be told from a crash"
-            )
-            return None
-        rise: Optional[int] = None
-        if snap.oom_kill is None:
-            notes.append("the oom_kill counter could not be read: an OOM kill cannot be told from a crash")
-        elif self.oom_baseline is None:
-            notes.append("no earlier oom_kill reading to compare with: an OOM kill cannot be told from a crash")
-        elif snap.oom_kill < self.oom_baseline:
-            notes.append(
-                f"the oom_kill counter went back from {self.oom_baseline} to {snap.oom_kill} "
-                "(a new cgroup?): an OOM kill cannot be told from a crash"
-            )
-        else:
-            rise = snap.oom_kill - self.oom_baseline
-            self._kills.extend([now] * rise)
-        if snap.oom_kill is not None:
-            self.oom_baseline = snap.oom_kill
-        return MemoryInfo(
-            cgroup_version=snap.version,
-            cgroup_path=snap.path,
-            limit_bytes=snap.limit_bytes,
-            usage_bytes=snap.usage_bytes,
-            peak_bytes=snap.peak_bytes,
-            oom_kill=snap.oom_kill,
-            oom_kill_rise=rise,
-            problems=list(snap.problems),
-        )
+        if oom_kill is None:
+            return None, "the oom_kill counter could not be read"
+        baseline, self.oom_baseline = self.oom_baseline, oom_kill
+        if baseline is None:
+            return None, "no earlier oom_kill reading to compare with"
+        if oom_kill < baseline:
+            return None, f"the oom_kill counter went back from {baseline} to {oom_kill} (a new cgroup?)"
+        self._kills.extend([now] * (oom_kill - baseline))
+        return oom_kill - baseline, None
 
     def _claim_kill(self, exit_info: ExitInfo, evidence: Evidence, notes: list[str]) -> bool:
         """Whether this death takes one of the unclaimed OOM kills.
@@ -243,6 +223,30 @@ class Classifier:
         self._last_exit[key] = exit_info
         while len(self._last_exit) > MAX_REMEMBERED_EXITS:
             self._last_exit.popitem(last=False)
+
+
+def _memory_info(
+    evidence: Evidence, rise: Optional[int], counter_problem: Optional[str], notes: list[str]
+) -> Optional[MemoryInfo]:
+    snap = evidence.memory
+    if snap is None:
+        notes.append(
+            f"no memory evidence ({evidence.memory_problem or 'no memory cgroup'}): "
+            "an OOM kill cannot be told from a crash"
+        )
+        return None
+    if counter_problem:
+        notes.append(f"{counter_problem}: an OOM kill cannot be told from a crash")
+    return MemoryInfo(
+        cgroup_version=snap.version,
+        cgroup_path=snap.path,
+        limit_bytes=snap.limit_bytes,
+        usage_bytes=snap.usage_bytes,
+        peak_bytes=snap.peak_bytes,
+        oom_kill=snap.oom_kill,
+        oom_kill_rise=rise,
+        problems=list(snap.problems),
+    )
 
 
 def _exit_info(evidence: Evidence, startup: bool) -> ExitInfo:

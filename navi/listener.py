@@ -129,18 +129,24 @@ class Shell:
     def handle(self, event: Event) -> None:
         incident = triage(event, self.origin)
         observed = datetime.now(timezone.utc)
+        if incident is None:
+            # Still read the counter (TICK_5 included), so that each OOM kill
+            # is dated within seconds of happening.
+            oom_kill = cgroup.read_oom_kill(self._cgroup) if self._cgroup else None
+            self.classifier.decide(event, Evidence(observed_at=observed, oom_kill=oom_kill))
+            return
         record, exit_problem = self._exit_record(event) if incident is Incident.EXIT else (None, None)
+        snapshot = cgroup.read(self._cgroup) if self._cgroup else None
         notification = self.classifier.decide(
             event,
             Evidence(
                 observed_at=observed,
                 exit=record,
                 exit_problem=exit_problem,
-                # Read at every event, TICK_5 included, so that each OOM
-                # kill is dated within seconds of happening.
-                memory=cgroup.read(self._cgroup) if self._cgroup else None,
+                oom_kill=snapshot.oom_kill if snapshot else None,
+                memory=snapshot,
                 memory_problem=self._cgroup_problem or None,
-                sigkills_waiting=self.exit_log.sigkills_waiting() if incident is Incident.EXIT else 0,
+                sigkills_waiting=self.exit_log.sigkills_waiting(),
             ),
         )
         if notification is not None:

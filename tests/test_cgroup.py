@@ -341,3 +341,10 @@ def test_real_machine() -> None:
     assert snap.usage_bytes > 0
     assert snap.limit_bytes is None or snap.limit_bytes > 0
     assert snap.oom_kill is None or snap.oom_kill >= 0
+
+
+@pytest.mark.parametrize(("version", "files", "expected"), [(1, V1_FILES, 3), (2, V2_FILES, 1)])
+def test_read_oom_kill_alone(tmp_path: Path, version: int, files: dict[str, str], expected: int) -> None:
+    snap = snapshot(tmp_path, version, files)
+    assert cgroup.read_oom_kill(MemoryCgroup(version, str(tmp_path), "/")) == snap.oom_kill == expected
+    assert cgroup.read_oom_kill(MemoryCgroup(version, str(tmp_path / "gone"), "/")) is None

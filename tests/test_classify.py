@@ -61,7 +61,7 @@ def memory(oom_kill: Optional[int], problems: tuple[str, ...] = ()) -> MemorySna
 def evidence(how: Optional[str] = "exit status 3", oom_kill: Optional[int] = 0) -> Evidence:
     return Evidence(observed_at=NOW, exit=record(how) if how else None,
                     exit_problem=None if how else "supervisord has no main log file",
-                    memory=memory(oom_kill))
+                    oom_kill=oom_kill, memory=memory(oom_kill))
 
 
 @pytest.mark.parametrize(
@@ -128,12 +128,25 @@ def test_two_kills_are_claimed_by_two_deaths() -> None:
 
 def test_two_sigkills_and_one_kill_is_said_to_be_ambiguous() -> None:
     c = Classifier(ORIGIN, oom_baseline=0)
-    ev = Evidence(observed_at=NOW, exit=record("terminated by SIGKILL"), memory=memory(1), sigkills_waiting=1)
+    ev = Evidence(observed_at=NOW, exit=record("terminated by SIGKILL"), oom_kill=1, memory=memory(1),
+                  sigkills_waiting=1)
     first = c.decide(exited(serial=1), ev)
     assert first is not None and first.type == "oom"
     assert any("does not say which process it killed" in note for note in first.notes)
     second = c.decide(exited(serial=2), evidence("terminated by SIGKILL", oom_kill=1))
     assert second is not None and second.type == "crash"
+
+
+def test_a_kill_counted_on_a_tick_expires_unclaimed() -> None:
+    """A child killed while its program lives on: the TICK dates the kill,
+    and a kill -9 minutes later is not blamed on the OOM killer."""
+    c = Classifier(ORIGIN, oom_baseline=0)
+    assert c.decide(event("TICK_5", "when:1"), Evidence(observed_at=NOW, oom_kill=1)) is None
+    later = Evidence(observed_at=NOW + timedelta(minutes=3), exit=record("terminated by SIGKILL"),
+                     oom_kill=1, memory=memory(1))
+    n = c.decide(exited(), later)
+    assert n is not None and n.type == "crash"
+    assert n.notes[0].startswith("1 earlier OOM kill(s) in this container matched no program's death")
 
 
 def test_another_signal_never_claims_a_kill() -> None:
@@ -149,7 +162,8 @@ def test_another_signal_never_claims_a_kill() -> None:
 
 def test_a_plain_exit_leaves_the_kill_to_a_waiting_sigkilled_program() -> None:
     c = Classifier(ORIGIN, oom_baseline=0)
-    ev = Evidence(observed_at=NOW, exit=record("exit status 3"), memory=memory(1), sigkills_waiting=1)
+    ev = Evidence(observed_at=NOW, exit=record("exit status 3"), oom_kill=1, memory=memory(1),
+                  sigkills_waiting=1)
     n = c.decide(exited(serial=1), ev)
     assert n is not None and n.type == "crash"
     assert any("left to it" in note for note in n.notes)
@@ -159,7 +173,8 @@ def test_a_plain_exit_leaves_the_kill_to_a_waiting_sigkilled_program() -> None:
 def test_unclaimed_kills_expire_with_a_note() -> None:
     c = Classifier(ORIGIN, oom_baseline=0)
     c.decide(exited(serial=1), evidence("terminated by SIGSEGV", oom_kill=1))
-    later = Evidence(observed_at=NOW + timedelta(seconds=11), exit=record("terminated by SIGKILL"), memory=memory(1))
+    later = Evidence(observed_at=NOW + timedelta(seconds=11), exit=record("terminated by SIGKILL"),
+                     oom_kill=1, memory=memory(1))
     n = c.decide(exited(serial=2), later)
     assert n is not None and n.type == "crash"
     assert any("1 earlier OOM kill(s) in this container matched no program's death" in x for x in n.notes)
@@ -182,14 +197,14 @@ def test_fatal_carries_the_last_exit() -> None:
     c = Classifier(ORIGIN, oom_baseline=0)
     c.decide(backoff(serial=1), evidence("exit status 1"))
     c.decide(backoff(serial=2), evidence("exit status 2"))
-    n = c.decide(fatal(), Evidence(observed_at=NOW, memory=memory(0)))
+    n = c.decide(fatal(), Evidence(observed_at=NOW, oom_kill=0, memory=memory(0)))
     assert n is not None and n.type == "fatal"
     assert n.exit.code == 2 and n.exit.during_startup
     assert n.summary == "supervisord gave up restarting web (FATAL); its last exit: exit status 2"
 
 
 def test_fatal_without_earlier_exit() -> None:
-    n = Classifier(ORIGIN, oom_baseline=0).decide(fatal(), Evidence(observed_at=NOW, memory=memory(0)))
+    n = Classifier(ORIGIN, oom_baseline=0).decide(fatal(), Evidence(observed_at=NOW, oom_kill=0, memory=memory(0)))
     assert n is not None and n.type == "fatal" and n.exit.code is None
     assert n.exit.unavailable and "FATAL" in n.exit.unavailable
     assert n.summary == "supervisord gave up restarting web (FATAL)"
