@@ -10,6 +10,18 @@ from typing import Optional
 
 from navi import __version__
 
+# About 3 KB a notification: 10,000 of them is 30 MB of a 2 GB volume.
+MAX_FILES = 10000
+MAX_BYTES = 64 << 20
+
+
+def _count(value: str, option: str, default: int) -> int:
+    """A bad value must not stop the listener: say so in one line, use the default."""
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    logging.getLogger("navi").error("%s %r is not a positive whole number; using %d", option, value, default)
+    return default
+
 
 def take_stdout() -> int:
     """Keep fd 1 for protocol tokens only: return a private copy of it and
@@ -58,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
         "--supervisord-log", metavar="FILE", default=_env("NAVI_SUPERVISORD_LOG", None),
         help="read supervisord's main log from this file instead of over XML-RPC [NAVI_SUPERVISORD_LOG]",
     )
+    listen.add_argument(
+        "--max-files", metavar="N", default=_env("NAVI_MAX_FILES", str(MAX_FILES)),
+        help="hold new notifications back (counted, written later) while the directory holds N "
+        "[NAVI_MAX_FILES] (default: %(default)s)",
+    )
+    listen.add_argument(
+        "--max-bytes", metavar="N", default=_env("NAVI_MAX_BYTES", str(MAX_BYTES)),
+        help="likewise for their total size in bytes [NAVI_MAX_BYTES] (default: %(default)s, "
+        "on a volume of 2 GB shared with the application)",
+    )
     demo = commands.add_parser(
         "demo",
         help="show Navi at work under real supervisord, in a temporary /mnt",
@@ -82,6 +104,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             proc_root=args.proc_root,
             supervisor_url=args.supervisor_url,
             supervisord_log=args.supervisord_log,
+            max_files=_count(args.max_files, "--max-files", MAX_FILES),
+            max_bytes=_count(args.max_bytes, "--max-bytes", MAX_BYTES),
         )
         return listen(settings, protocol_fd)
     if args.command == "demo":

@@ -74,7 +74,7 @@ def _run(box: Sandbox, progress: Progress, oom: bool) -> None:
     progress.say(f"sent SIGKILL to 'killed' (pid {pid}) from outside, as `kill -9` would")
     box.wait_for(lambda: sum(n["process"]["name"] == "crash-loop" for n in box.notifications_list()) >= 3,
                  30, "three crashes of crash-loop")
-    box.ctl("stop", "crash-loop")
+    box.stop_program("crash-loop")
     progress.say("crash-loop crashed three times; stopped it with supervisorctl (a stop is not a crash)")
     seen = 0
     deadline = time.monotonic() + 30

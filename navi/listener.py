@@ -17,6 +17,7 @@ from typing import Optional
 
 from navi import __version__, cgroup
 from navi.classify import Classifier, Evidence, Incident, Origin, triage
+from navi.coalesce import Coalescer
 from navi.exitlog import ExitLog, ExitRecord
 from navi.notification import Notification
 from navi.protocol import CLOSED, NEED_DATA, BadInput, Event, Listener
@@ -33,6 +34,8 @@ class Settings:
     proc_root: str
     supervisor_url: Optional[str]
     supervisord_log: Optional[str]
+    max_files: int
+    max_bytes: int
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -73,6 +76,8 @@ class Shell:
         )
         self._stamp = supervisord.started or datetime.now(timezone.utc)  # file names sort by it
         self.classifier = Classifier(self.origin, baseline)
+        self.coalescer = Coalescer()
+        self._write_problem = ""
         self.exit_log = ExitLog(self.origin.own_name, os.getpid())
         self._log_tail: Optional[LogTail] = None
         self._log_problem = ""
@@ -103,7 +108,7 @@ class Shell:
             self._spool_problem = ""
         except SpoolError as e:
             if str(e) != self._spool_problem:
-                log.error("%s; notifications are not written until it is fixed", e)
+                log.error("%s; incidents are held and counted until it can write again", e)
             self._spool_problem = str(e)
 
     def _read_log(self) -> None:
@@ -128,19 +133,22 @@ class Shell:
 
     def handle(self, event: Event) -> None:
         incident = triage(event, self.origin)
-        observed = datetime.now(timezone.utc)
+        now = datetime.now(timezone.utc)
         if incident is None:
             # Still read the counter (TICK_5 included), so that each OOM kill
             # is dated within seconds of happening.
             oom_kill = cgroup.read_oom_kill(self._cgroup) if self._cgroup else None
-            self.classifier.decide(event, Evidence(observed_at=observed, oom_kill=oom_kill))
+            self.classifier.decide(event, Evidence(observed_at=now, oom_kill=oom_kill))
+            if event.name.startswith("TICK_"):
+                for held in self.coalescer.due(now):
+                    self._publish(held, now)
             return
         record, exit_problem = self._exit_record(event) if incident is Incident.EXIT else (None, None)
         snapshot = cgroup.read(self._cgroup) if self._cgroup else None
         notification = self.classifier.decide(
             event,
             Evidence(
-                observed_at=observed,
+                observed_at=now,
                 exit=record,
                 exit_problem=exit_problem,
                 oom_kill=snapshot.oom_kill if snapshot else None,
@@ -149,30 +157,56 @@ class Shell:
                 sigkills_waiting=self.exit_log.sigkills_waiting(),
             ),
         )
-        if notification is not None:
-            self._publish(file_name(self._stamp, event.header.get("serial", "")), notification)
+        if notification is None:
+            return
+        admitted = self.coalescer.admit(notification, now)
+        if admitted is not None:
+            self._publish(admitted, now)
 
-    def _publish(self, name: str, notification: Notification) -> None:
+    def _publish(self, notification: Notification, now: datetime) -> None:
+        """Write it, or hold it (with its count) for a retry on a TICK."""
+        name = file_name(self._stamp, notification.header.get("serial", ""))
         data = notification.to_json()
+        problem = ""
         for _ in range(2):
             if self._spool is None:
                 self._open_spool()
             if self._spool is None:
+                problem = "directory unusable"
+                self._write_problem = self._spool_problem  # said when opening failed
+                break
+            files, size = self._spool.usage()
+            if files >= self.settings.max_files or size + len(data) > self.settings.max_bytes:
+                problem = "directory full"
+                self._say_write_problem(
+                    f"{self.settings.notifications_dir} holds {files} notifications, {size} bytes "
+                    f"(limits {self.settings.max_files}, {self.settings.max_bytes}): holding new ones back"
+                )
                 break
             try:
                 fresh = self._spool.publish(name, data)
             except SpoolError as e:
-                log.error("%s", e)
+                problem = "disk full" if e.disk_full else "write failed"
+                self._say_write_problem(str(e))
                 # The directory may have been replaced: open it again, once.
                 self._spool.close()
                 self._spool = None
                 continue
+            self._say_write_problem("")
             if fresh:
                 log.info("%s: %s -> %s", notification.type, notification.summary, name)
             else:
                 log.info("%s already written (event delivered again)", name)
             return
-        log.error("lost %s notification: %s", notification.type, notification.summary)
+        self.coalescer.failed(notification, problem, now)
+
+    def _say_write_problem(self, problem: str) -> None:
+        """One line when writing starts to fail, and one when it works again."""
+        if problem and not self._write_problem:
+            log.error("%s; incidents are held and counted until it can write again", problem)
+        elif self._write_problem and not problem:
+            log.info("writing notifications again")
+        self._write_problem = problem
 
 
 def serve(shell: Optional[Shell], stdin_fd: int, protocol_fd: int) -> int:

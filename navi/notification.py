@@ -51,6 +51,12 @@ class MemoryInfo(_Model):
     problems: list[str] = Field(description="figures that could not be read, and why")
 
 
+class Coalesced(_Model):
+    first: datetime = Field(description="when the first incident this notification stands for was observed")
+    last: datetime = Field(description="when the last one was (this notification's own time)")
+    reason: str = Field(description='why they were not written one by one: "rate limit", "directory full", ...')
+
+
 class Source(_Model):
     host: str
     supervisord_pid: Optional[int]
@@ -63,6 +69,12 @@ class Notification(_Model):
     id: str = Field(description="unique; the same event delivered twice gives the same id")
     type: Kind
     time: datetime = Field(description="when Navi observed the incident (UTC)")
+    count: int = Field(
+        1,
+        description="incidents of this program and type this notification stands for: more than 1 when a "
+        "crash storm (or a full disk) held some back; the counts of all notifications add up to all incidents",
+    )
+    coalesced: Optional[Coalesced] = Field(None, description="when count > 1: the span of the incidents folded in")
     summary: str = Field(description="one line for a person")
     process: ProcessInfo
     exit: ExitInfo

@@ -204,6 +204,12 @@ class Sandbox:
                 states[parts[0]] = parts[1]
         return states
 
+    def stop_program(self, name: str) -> None:
+        """supervisorctl stop, retried: it fails while a crash-looping
+        program is between its death and its respawn."""
+        self.wait_for(lambda: "stopped" in self.ctl("stop", name) or self.status().get(name) == "STOPPED",
+                      20, f"{name} to stop")
+
     def pid(self, name: str) -> int:
         return int(self.ctl("pid", name).strip())
 

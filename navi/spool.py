@@ -24,6 +24,10 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | 
 class SpoolError(Exception):
     """One line a person can act on."""
 
+    def __init__(self, message: str, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
+
 
 def file_name(stamp: datetime, serial: str) -> str:
     """``<supervisord start>-<serial>.json``: sorts in incident order, is the
@@ -99,6 +103,21 @@ class Spool:
             raise self._error("fsync directory for", name, e) from None
         return published
 
+    def usage(self) -> tuple[int, int]:
+        """How many notifications are waiting in the directory, and their bytes."""
+        files = size = 0
+        with os.scandir(self._fd) as entries:
+            for entry in entries:
+                if entry.name.endswith(".json") and not entry.name.startswith("."):
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    files += 1
+                    size += st.st_size
+        return files, size
+
     def _error(self, step: str, name: str, e: OSError) -> SpoolError:
-        full = "disk or quota full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
-        return SpoolError(f"cannot {step} {os.path.join(self.directory, name)}: {full}")
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        why = "disk or quota full" if full else e.strerror
+        return SpoolError(f"cannot {step} {os.path.join(self.directory, name)}: {why}", disk_full=full)

@@ -1,0 +1,121 @@
+"""End to end, under real supervisord: a crash storm, a full directory and a
+full disk.  Navi keeps the event pipe moving and loses no incident."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from navi.sandbox import program
+from tests.conftest import triggered
+
+if TYPE_CHECKING:
+    from tests.conftest import SandboxFactory
+
+
+def unexpected_exits(log: str, name: str) -> int:
+    return log.count(f"WARN exited: {name} (")
+
+
+def test_a_crash_storm_is_coalesced_and_every_incident_counted(sandbox: SandboxFactory) -> None:
+    # Run past startsecs (0) every time: supervisord restarts it at once, forever.
+    box = sandbox(program("storm", 'sh -c "exit 3"', startsecs=0, autorestart="true"))
+    box.wait_for(lambda: unexpected_exits(box.log("supervisord.log"), "storm") >= 60, 30, "60 crashes")
+    box.stop_program("storm")
+    incidents = unexpected_exits(box.log("supervisord.log"), "storm")
+
+    # Every incident ends up in a count: the burst one by one, the rest folded
+    # into a notification written once the storm is over (quiet 10 s, then a TICK_5).
+    def counted() -> int:
+        return sum(n["count"] for n in box.notifications_list())
+
+    try:
+        box.wait_for(lambda: counted() == incidents, 30, f"counts adding up to {incidents}")
+    except TimeoutError:
+        raise AssertionError(
+            f"{[n['count'] for n in box.notifications_list()]} != {incidents}\n{box.log('navi.log')[-1500:]}"
+            f"\n{box.log('supervisord.log')[-1500:]}"
+        ) from None
+    found = box.check_files()
+    assert len(found) <= 5 + 2  # the burst, perhaps one refill, and the end of the storm
+    assert [n["count"] for n in found[:5]] == [1] * 5
+    last = found[-1]
+    assert last["count"] > 1 and last["coalesced"]["reason"] == "rate limit"
+    assert last["coalesced"]["first"] < last["coalesced"]["last"] == last["time"]
+    assert f"({last['count']} times since" in last["summary"]
+    assert unexpected_exits(box.log("supervisord.log"), "storm") == incidents  # it was stopped
+    box.check_healthy()
+
+
+def test_a_full_directory_holds_notifications_until_it_is_read(sandbox: SandboxFactory) -> None:
+    box = sandbox(
+        "".join(program(name, triggered(name, "exit 3")) for name in ("a", "b", "c")),
+        env={"NAVI_MAX_FILES": "2"},
+    )
+    box.wait_states({"a": "RUNNING", "b": "RUNNING", "c": "RUNNING"})
+    for name in ("a", "b", "c"):
+        box.trigger(name)
+        box.wait_states({name: "EXITED"})
+    box.wait_for(lambda: "holds 2 notifications" in box.log("navi.log"), 20, "Navi to hold the third back")
+    first_two = box.check_files()
+    assert [n["process"]["name"] for n in first_two] == ["a", "b"]
+    # The platform takes one: the held one is written at the next TICK_5.
+    box.notification_files()[0].unlink()
+    box.wait_for(lambda: "c" in [n["process"]["name"] for n in box.notifications_list()], 20, "c's notification")
+    assert [(n["process"]["name"], n["count"]) for n in box.check_files()] == [("b", 1), ("c", 1)]
+    box.check_healthy(expect_errors=True)
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real small filesystem, where root may mount one; unmounted after."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "navi-test", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = f"cannot mount a tmpfs here: {done.stderr.strip()}"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_full_disk_holds_notifications_until_space_returns(
+    sandbox: SandboxFactory, scratch_dir: Path
+) -> None:
+    with tiny_tmpfs(scratch_dir / "notifications", "64k") as spool:
+        filler = spool / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):  # fill it to the last byte
+            while True:
+                os.write(fd, b"x" * 512)
+        os.close(fd)
+        box = sandbox(program("a", triggered("a", "exit 3")) + program("b", triggered("b", "exit 4")),
+                      env={"NAVI_NOTIFICATIONS_DIR": str(spool)})
+        try:
+            box.wait_states({"a": "RUNNING", "b": "RUNNING"})
+            box.trigger("a")
+            box.wait_for(lambda: "disk or quota full" in box.log("navi.log"), 20, "Navi to meet the full disk")
+            box.trigger("b")
+            box.wait_states({"a": "EXITED", "b": "EXITED"})
+            assert sorted(os.listdir(spool)) == ["filler"]  # nothing partial, no temp file
+            filler.unlink()
+            box.wait_for(lambda: len(list(spool.glob("*.json"))) == 2, 20, "both notifications once there is room")
+            found = box.check_files(spool)
+            assert [(n["process"]["name"], n["exit"]["code"], n["count"]) for n in found] == [
+                ("a", 3, 1), ("b", 4, 1)
+            ]
+            assert "writing notifications again" in box.log("navi.log")
+            box.check_healthy(expect_errors=True)
+        finally:
+            box.close()  # Navi holds the directory open: close before unmounting
