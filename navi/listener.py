@@ -184,7 +184,7 @@ class Shell:
                 )
                 break
             try:
-                fresh = self._spool.publish(name, data)
+                written = self._spool.publish(name, data, notification.id)
             except SpoolError as e:
                 problem = "disk full" if e.disk_full else "write failed"
                 self._say_write_problem(str(e))
@@ -193,10 +193,10 @@ class Shell:
                 self._spool = None
                 continue
             self._say_write_problem("")
-            if fresh:
-                log.info("%s: %s -> %s", notification.type, notification.summary, name)
-            else:
+            if written is None:
                 log.info("%s already written (event delivered again)", name)
+            else:
+                log.info("%s: %s -> %s", notification.type, notification.summary, written)
             return
         self.coalescer.failed(notification, problem, now)
 

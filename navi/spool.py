@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import stat
 import time
 from datetime import datetime
+from typing import Optional
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -38,6 +40,7 @@ def file_name(stamp: datetime, serial: str) -> str:
 
 
 _TEMP = re.compile(r"^\..+\.json\.\d+\.\d+\.tmp$")
+MAX_FILE = 1 << 20  # no notification is near this; read no more of a planted file
 STALE_TEMP = 3600  # seconds: a temp file this old is a Navi's that was killed mid-write
 
 
@@ -71,14 +74,13 @@ class Spool:
     def close(self) -> None:
         os.close(self._fd)
 
-    def publish(self, name: str, data: bytes) -> bool:
-        """Publish ``data`` as ``name``; False if that name is already there."""
-        self._counter += 1
-        temp = f".{name}.{os.getpid()}.{self._counter}.tmp"
-        try:
-            fd = os.open(temp, _CREATE, 0o644, dir_fd=self._fd)
-        except OSError as e:
-            raise self._error("create", temp, e) from None
+    def publish(self, name: str, data: bytes, ident: str) -> Optional[str]:
+        """Publish ``data`` (a notification whose id is ``ident``) as ``name``,
+        or next to it when something else took that name.  Returns the name
+        written, or None when that notification is already there (an event
+        delivered again)."""
+        self._check_directory()
+        temp, fd = self._create_temp(name)
         try:
             try:
                 view = memoryview(data)
@@ -87,11 +89,7 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            try:
-                os.link(temp, name, src_dir_fd=self._fd, dst_dir_fd=self._fd, follow_symlinks=False)
-                published = True
-            except FileExistsError:
-                published = False
+            published = self._link(temp, name, ident)
         except OSError as e:
             raise self._error("write", name, e) from None
         finally:
@@ -102,6 +100,59 @@ class Spool:
         except OSError as e:
             raise self._error("fsync directory for", name, e) from None
         return published
+
+    def _check_directory(self) -> None:
+        """The path must still name the directory we hold open: if it was
+        moved away or swapped for a link, files written here go unseen."""
+        try:
+            now = os.stat(self.directory, follow_symlinks=False)
+        except OSError as e:
+            raise SpoolError(f"notifications directory {self.directory}: {e.strerror}") from None
+        held = os.fstat(self._fd)
+        if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise SpoolError(f"notifications directory {self.directory} was replaced")
+
+    def _create_temp(self, name: str) -> tuple[str, int]:
+        # Something planted at our temp name (a link, a FIFO) is never
+        # opened: O_EXCL|O_NOFOLLOW fail on it, and the next name is tried.
+        for _ in range(8):
+            self._counter += 1
+            temp = f".{name}.{os.getpid()}.{self._counter}.tmp"
+            try:
+                return temp, os.open(temp, _CREATE, 0o644, dir_fd=self._fd)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise self._error("create", temp, e) from None
+        raise SpoolError(f"cannot create a temporary file in {self.directory}: every name tried was taken")
+
+    def _link(self, temp: str, name: str, ident: str) -> Optional[str]:
+        """link() never replaces: a name already taken is ours only if it is a
+        regular file holding this very notification."""
+        stem = name[: -len(".json")]
+        for candidate in [name] + [f"{stem}.{n}.json" for n in range(1, 8)]:
+            try:
+                os.link(temp, candidate, src_dir_fd=self._fd, dst_dir_fd=self._fd, follow_symlinks=False)
+                return candidate
+            except FileExistsError:
+                if self._holds(candidate, ident):
+                    return None
+        raise SpoolError(f"cannot publish {name} in {self.directory}: it and every name after it are taken")
+
+    def _holds(self, name: str, ident: str) -> bool:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._fd)
+        except OSError:
+            return False
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            found = json.loads(os.read(fd, MAX_FILE))
+            return isinstance(found, dict) and found.get("id") == ident
+        except (OSError, ValueError):
+            return False
+        finally:
+            os.close(fd)
 
     def usage(self) -> tuple[int, int]:
         """How many notifications are waiting in the directory, and their bytes."""

@@ -4,6 +4,7 @@ full disk.  Navi keeps the event pipe moving and loses no incident."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -119,3 +120,30 @@ def test_a_full_disk_holds_notifications_until_space_returns(
             box.check_healthy(expect_errors=True)
         finally:
             box.close()  # Navi holds the directory open: close before unmounting
+
+
+def test_a_hostile_neighbour_cannot_redirect_or_block_navi(sandbox: SandboxFactory, scratch_dir: Path) -> None:
+    """The application (same uid) knows the next names: it plants links to a
+    file outside and a FIFO there.  Navi writes beside them and follows none."""
+    from navi.spool import file_name
+    from navi.supervisord import identity
+
+    precious = scratch_dir / "precious"
+    precious.write_bytes(b"the application's own data")
+    box = sandbox(program("app", triggered("app", "exit 3")))
+    assert box.process is not None
+    started = identity(box.process.pid).started
+    assert started is not None
+    for serial in range(1, 40):
+        name = box.notifications / file_name(started, str(serial))
+        if serial % 2:
+            name.symlink_to(precious)
+        else:
+            os.mkfifo(name)
+    box.trigger("app")
+    box.wait_for(lambda: list(box.notifications.glob("*.1.json")), 20, "the crash, written beside the planted name")
+    (written,) = box.notifications.glob("*.1.json")
+    assert json.loads(written.read_text())["exit"]["code"] == 3
+    assert precious.read_bytes() == b"the application's own data"
+    assert box.status()["navi"] == "RUNNING"
+    assert "Traceback" not in box.log("navi.log")

@@ -13,17 +13,18 @@ from navi.spool import Spool, SpoolError, file_name
 
 def test_publish_writes_the_whole_file_and_no_temp(tmp_path: Path) -> None:
     spool = Spool(str(tmp_path))
-    assert spool.publish("a.json", b'{"x": 1}\n') is True
-    assert (tmp_path / "a.json").read_bytes() == b'{"x": 1}\n'
+    assert spool.publish("a.json", b'{"id": "x"}\n', "x") == "a.json"
+    assert (tmp_path / "a.json").read_bytes() == b'{"id": "x"}\n'
     assert os.listdir(tmp_path) == ["a.json"]
     assert (tmp_path / "a.json").stat().st_nlink == 1
 
 
-def test_same_name_twice_is_one_file(tmp_path: Path) -> None:
+def test_the_same_notification_twice_is_one_file(tmp_path: Path) -> None:
     spool = Spool(str(tmp_path))
-    assert spool.publish("a.json", b"first") is True
-    assert spool.publish("a.json", b"second") is False
-    assert (tmp_path / "a.json").read_bytes() == b"first"
+    assert spool.publish("a.json", b'{"id": "x", "time": 1}', "x") == "a.json"
+    # Delivered again after a restart: another time, the same id.
+    assert spool.publish("a.json", b'{"id": "x", "time": 2}', "x") is None
+    assert (tmp_path / "a.json").read_bytes() == b'{"id": "x", "time": 1}'
     assert os.listdir(tmp_path) == ["a.json"]
 
 
@@ -46,15 +47,49 @@ def test_stale_temp_files_of_a_killed_navi_are_removed(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == [".other", ".y.json.13.1.tmp"]
 
 
-def test_planted_symlink_at_the_final_name_is_not_followed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("plant", ["symlink", "fifo", "other file", "directory"])
+def test_something_planted_at_the_final_name_is_left_alone(tmp_path: Path, plant: str) -> None:
     outside = tmp_path / "outside"
     outside.write_bytes(b"precious")
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
-    (spool_dir / "a.json").symlink_to(outside)
-    assert Spool(str(spool_dir)).publish("a.json", b"data") is False
+    target = spool_dir / "a.json"
+    if plant == "symlink":
+        target.symlink_to(outside)
+    elif plant == "fifo":
+        os.mkfifo(target)  # opening it for reading without O_NONBLOCK would hang
+    elif plant == "other file":
+        target.write_bytes(b'{"id": "forged"}')
+    else:
+        target.mkdir()
+    assert Spool(str(spool_dir)).publish("a.json", b'{"id": "x"}', "x") == "a.1.json"
+    assert (spool_dir / "a.1.json").read_bytes() == b'{"id": "x"}'
     assert outside.read_bytes() == b"precious"
-    assert sorted(os.listdir(spool_dir)) == ["a.json"]
+    assert sorted(os.listdir(spool_dir)) == ["a.1.json", "a.json"]
+
+
+def test_links_planted_at_temp_names_are_skipped(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious")
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    for n in range(1, 4):  # the next temp names are predictable: plant them
+        (spool_dir / f".a.json.{os.getpid()}.{n}.tmp").symlink_to(outside)
+    assert Spool(str(spool_dir)).publish("a.json", b'{"id": "x"}', "x") == "a.json"
+    assert outside.read_bytes() == b"precious"
+    assert (spool_dir / "a.json").read_bytes() == b'{"id": "x"}'
+
+
+def test_a_directory_swapped_for_a_link_is_noticed(tmp_path: Path) -> None:
+    spool_dir, elsewhere = tmp_path / "spool", tmp_path / "elsewhere"
+    spool_dir.mkdir()
+    elsewhere.mkdir()
+    spool = Spool(str(spool_dir))
+    spool_dir.rename(tmp_path / "moved")
+    spool_dir.symlink_to(elsewhere)
+    with pytest.raises(SpoolError, match="was replaced"):
+        spool.publish("a.json", b'{"id": "x"}', "x")
+    assert os.listdir(elsewhere) == [] and os.listdir(tmp_path / "moved") == []
 
 
 def test_directory_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
@@ -92,6 +127,6 @@ def test_full_disk_is_an_error_and_leaves_no_temp_file(
 
     monkeypatch.setattr(os, step, full)
     with pytest.raises(SpoolError, match="disk or quota full"):
-        spool.publish("a.json", b"data")
+        spool.publish("a.json", b'{"id": "x"}', "x")
     monkeypatch.undo()
     assert os.listdir(tmp_path) == []
