@@ -24,15 +24,20 @@ from navi.notification import (
     MemoryInfo,
     Notification,
     ProcessInfo,
+    ProgramMemory,
     Source,
 )
 from navi.protocol import Event
+from navi.rss import RssSample
 
 MAX_REMEMBERED_EXITS = 512
-# The victim's event follows its kill within about 2 s (supervisord's loop);
-# a kill no death claims by then was of a process supervisord does not watch.
+MAX_PROGRAMS_LISTED = 10
+# The victim's event follows its kill within about 2 s (supervisord's loop).
+# A kill that no death has claimed by a TICK, with no death waiting in the
+# log, or by this long, was of a process supervisord does not watch.
 OOM_WINDOW = timedelta(seconds=10)
 MAX_PENDING_KILLS = 256
+RUNNING_STATES = ("PROCESS_STATE_RUNNING",)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,11 @@ class Evidence:
     # Deaths by SIGKILL already in supervisord's log whose events are still
     # to come: likelier OOM victims than this death, if it was no SIGKILL.
     sigkills_waiting: int = 0
+    # Any unexpected deaths in the log whose events are still to come (on a
+    # TICK: kills are left for them to claim).
+    exits_waiting: int = 0
+    # The last memory sample of each running program.
+    rss: tuple[RssSample, ...] = ()
 
 
 def event_id(origin: Origin, event: Event) -> str:
@@ -103,25 +113,26 @@ class Classifier:
         self.oom_baseline = oom_baseline
         # OOM kills counted but not yet tied to a death: when each was seen.
         self._kills: deque[datetime] = deque(maxlen=MAX_PENDING_KILLS)
-        self._expired_kills = 0  # unclaimed kills dropped, to say in the next notification
         # The last exit of each program, for the FATAL that may follow.
         self._last_exit: OrderedDict[str, ExitInfo] = OrderedDict()
+        # Running programs, (group, name) -> pid, to sample their memory.
+        self.running: dict[tuple[str, str], int] = {}
+
+    @property
+    def unclaimed_kills(self) -> int:
+        return len(self._kills)
 
     def decide(self, event: Event, evidence: Evidence) -> Optional[Notification]:
         """The notification for an event, if any."""
         rise, counter_problem = self._count(evidence.observed_at, evidence.oom_kill)
+        self._track(event)
         incident = triage(event, self.origin)
         if incident is None:
+            if event.name.startswith("TICK_"):
+                return self._unclaimed(event, evidence, rise, counter_problem)
             return None
         notes: list[str] = []
         memory = _memory_info(evidence, rise, counter_problem, notes)
-        if self._expired_kills:
-            notes.insert(
-                0,
-                f"{self._expired_kills} earlier OOM kill(s) in this container matched no program's death "
-                f"within {OOM_WINDOW.seconds} s: a process supervisord does not watch (a child?) was killed",
-            )
-            self._expired_kills = 0
         fields = event.fields
         name, group = fields.get("processname", ""), fields.get("groupname", "")
         key = f"{group}:{name}"
@@ -143,19 +154,29 @@ class Classifier:
                 notes.append(f"exit status unknown: {exit_info.unavailable}")
             record_pid = evidence.exit.pid if evidence.exit else None
             pid = _int(fields.get("pid")) or record_pid
+            if memory is not None and kind == "oom":
+                memory = _with_programs(memory, evidence.rss, victim=(group, name))
             summary = _summary(name, kind, exit_info, memory, startup)
+        return self._notification(event, evidence, kind, summary, ProcessInfo(name=name, group=group, pid=pid),
+                                  exit_info, memory, notes)
+
+    def _notification(
+        self, event: Event, evidence: Evidence, kind: Kind, summary: str, process: ProcessInfo,
+        exit_info: ExitInfo, memory: Optional[MemoryInfo], notes: list[str], count: int = 1,
+    ) -> Notification:
         return Notification(
             schema_version=SCHEMA_VERSION,
             id=event_id(self.origin, event),
             type=kind,
             time=evidence.observed_at,
+            count=count,
             summary=summary,
-            process=ProcessInfo(name=name, group=group, pid=pid),
+            process=process,
             exit=exit_info,
             memory=memory,
             notes=notes,
             header=dict(event.header),
-            metadata=dict(fields),
+            metadata=dict(event.fields),
             source=Source(
                 host=self.origin.host,
                 supervisord_pid=self.origin.supervisord_pid,
@@ -164,16 +185,50 @@ class Classifier:
             ),
         )
 
-    @property
-    def unclaimed_kills(self) -> int:
-        return len(self._kills)
+    def _unclaimed(
+        self, event: Event, evidence: Evidence, rise: Optional[int], counter_problem: Optional[str]
+    ) -> Optional[Notification]:
+        """On a TICK: kills no program's death will claim are the container's.
+        None waits in the log (supervisord logs a death before it sends its
+        event), or they have waited too long."""
+        now = evidence.observed_at
+        due = 0
+        while self._kills and (evidence.exits_waiting == 0 or now - self._kills[0] > OOM_WINDOW):
+            self._kills.popleft()
+            due += 1
+        if not due:
+            return None
+        notes: list[str] = []
+        memory = _memory_info(evidence, rise, counter_problem, notes)
+        if memory is not None:
+            memory = _with_programs(memory, evidence.rss, victim=None)
+        largest = f"; largest program: {memory.programs[0].name} ({_mib(memory.programs[0].rss_bytes)})" if (
+            memory is not None and memory.programs) else ""
+        limit = f"memory limit {_mib(memory.limit_bytes)}, peak {_mib(memory.peak_bytes)}" if memory else ""
+        summary = (
+            f"the kernel's OOM killer killed {due} process(es) in the container, but no supervised program "
+            f"died: a child of a program, or another process, was the victim ({limit}{largest})"
+        )
+        exit_info = ExitInfo(
+            code=None, signal=None, signal_number=None, core_dumped=None, during_startup=False,
+            log_line=None, unavailable="no supervised program exited: the process killed is not one supervisord runs",
+        )
+        process = ProcessInfo(name=None, group=None, pid=None)
+        return self._notification(event, evidence, "oom", summary, process, exit_info, memory, notes, count=due)
+
+    def _track(self, event: Event) -> None:
+        fields = event.fields
+        key = (fields.get("groupname", ""), fields.get("processname", ""))
+        if key[0] == self.origin.own_group:
+            return
+        if event.name in RUNNING_STATES and fields.get("pid", "").isdigit():
+            self.running[key] = int(fields["pid"])
+        elif event.name.startswith("PROCESS_STATE_"):
+            self.running.pop(key, None)
 
     def _count(self, now: datetime, oom_kill: Optional[int]) -> tuple[Optional[int], Optional[str]]:
         """Take a reading of the counter: new kills join those not yet
         claimed.  Returns its rise, or why it cannot tell."""
-        while self._kills and now - self._kills[0] > OOM_WINDOW:
-            self._kills.popleft()
-            self._expired_kills += 1
         if oom_kill is None:
             return None, "the oom_kill counter could not be read"
         baseline, self.oom_baseline = self.oom_baseline, oom_kill
@@ -247,6 +302,17 @@ def _memory_info(
         oom_kill_rise=rise,
         problems=list(snap.problems),
     )
+
+
+def _with_programs(
+    memory: MemoryInfo, samples: tuple[RssSample, ...], victim: Optional[tuple[str, str]]
+) -> MemoryInfo:
+    listed = [
+        ProgramMemory(name=s.name, group=s.group, pid=s.pid, rss_bytes=s.rss_bytes, sampled_at=s.sampled_at)
+        for s in sorted(samples, key=lambda s: s.rss_bytes, reverse=True)
+    ]
+    own = next((p for p in listed if (p.group, p.name) == victim), None)
+    return memory.model_copy(update={"programs": listed[:MAX_PROGRAMS_LISTED], "victim": own})
 
 
 def _exit_info(evidence: Evidence, startup: bool) -> ExitInfo:

@@ -149,6 +149,10 @@ class ExitLog:
         while len(self._records) > MAX_PROCESSES:
             self._records.popitem(last=False)
 
+    def waiting(self) -> int:
+        """Unexpected deaths logged whose events have not been handled yet."""
+        return sum(1 for queue in self._records.values() for r in queue if not r.stale)
+
     def sigkills_waiting(self) -> int:
         """Deaths by SIGKILL (or a shell's 137) logged and not yet taken."""
         return sum(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
-from navi import __version__, cgroup
+from navi import __version__, cgroup, rss
 from navi.classify import Classifier, Evidence, Incident, Origin, triage
 from navi.coalesce import Coalescer
 from navi.exitlog import ExitLog, ExitRecord
@@ -77,6 +77,7 @@ class Shell:
         self._stamp = supervisord.started or datetime.now(timezone.utc)  # file names sort by it
         self.classifier = Classifier(self.origin, baseline)
         self.coalescer = Coalescer()
+        self._rss: dict[tuple[str, str], rss.RssSample] = {}
         self._write_problem = ""
         self.exit_log = ExitLog(self.origin.own_name, os.getpid())
         self._log_tail: Optional[LogTail] = None
@@ -134,34 +135,49 @@ class Shell:
     def handle(self, event: Event) -> None:
         incident = triage(event, self.origin)
         now = datetime.now(timezone.utc)
-        if incident is None:
-            # Still read the counter (TICK_5 included), so that each OOM kill
-            # is dated within seconds of happening.
-            oom_kill = cgroup.read_oom_kill(self._cgroup) if self._cgroup else None
+        tick = event.name.startswith("TICK_")
+        # Read at every event, TICK_5 included, so that each OOM kill is
+        # dated within seconds of happening.
+        oom_kill = cgroup.read_oom_kill(self._cgroup) if self._cgroup else None
+        if tick:
+            self._sample_rss(now)
+        kills_to_place = tick and (self.classifier.unclaimed_kills or oom_kill != self.classifier.oom_baseline)
+        if incident is None and not kills_to_place:
             self.classifier.decide(event, Evidence(observed_at=now, oom_kill=oom_kill))
-            if event.name.startswith("TICK_"):
-                for held in self.coalescer.due(now):
-                    self._publish(held, now)
-            return
-        record, exit_problem = self._exit_record(event) if incident is Incident.EXIT else (None, None)
-        snapshot = cgroup.read(self._cgroup) if self._cgroup else None
-        notification = self.classifier.decide(
-            event,
-            Evidence(
-                observed_at=now,
-                exit=record,
-                exit_problem=exit_problem,
-                oom_kill=snapshot.oom_kill if snapshot else None,
-                memory=snapshot,
-                memory_problem=self._cgroup_problem or None,
-                sigkills_waiting=self.exit_log.sigkills_waiting(),
-            ),
-        )
-        if notification is None:
-            return
-        admitted = self.coalescer.admit(notification, now)
-        if admitted is not None:
-            self._publish(admitted, now)
+        else:
+            if incident is Incident.EXIT:
+                record, exit_problem = self._exit_record(event)
+            else:
+                record, exit_problem = None, None
+                self._read_log()  # which deaths are still to come, to claim the kills
+            snapshot = cgroup.read(self._cgroup) if self._cgroup else None
+            notification = self.classifier.decide(
+                event,
+                Evidence(
+                    observed_at=now,
+                    exit=record,
+                    exit_problem=exit_problem,
+                    oom_kill=snapshot.oom_kill if snapshot else oom_kill,
+                    memory=snapshot,
+                    memory_problem=self._cgroup_problem or None,
+                    sigkills_waiting=self.exit_log.sigkills_waiting(),
+                    exits_waiting=self.exit_log.waiting(),
+                    rss=tuple(self._rss.values()),
+                ),
+            )
+            if notification is not None:
+                admitted = self.coalescer.admit(notification, now)
+                if admitted is not None:
+                    self._publish(admitted, now)
+        if tick:
+            for held in self.coalescer.due(now):
+                self._publish(held, now)
+
+    def _sample_rss(self, now: datetime) -> None:
+        """The last memory sample of each running program (on TICKs only: a
+        few /proc reads per program)."""
+        samples = (rss.sample(name, group, pid, now) for (group, name), pid in self.classifier.running.items())
+        self._rss = {(s.group, s.name): s for s in samples if s is not None}
 
     def _publish(self, notification: Notification, now: datetime) -> None:
         """Write it, or hold it (with its count) for a retry on a TICK."""

@@ -21,9 +21,20 @@ class _Model(BaseModel):
 
 
 class ProcessInfo(_Model):
-    name: str = Field(description="supervisord's process name, as in the event")
-    group: str = Field(description="supervisord's group name, as in the event")
+    name: Optional[str] = Field(
+        description="supervisord's process name, as in the event; null for an OOM kill that no "
+        "supervised program's death claimed (the container's notification)"
+    )
+    group: Optional[str] = Field(description="supervisord's group name, as in the event (null likewise)")
     pid: Optional[int] = Field(description="pid of the process that died, when known")
+
+
+class ProgramMemory(_Model):
+    name: str
+    group: str
+    pid: int
+    rss_bytes: int = Field(description="resident memory of the program and all its descendants")
+    sampled_at: datetime = Field(description="when (Navi samples every 5 s, on TICK_5)")
 
 
 class ExitInfo(_Model):
@@ -49,6 +60,13 @@ class MemoryInfo(_Model):
         description="how much oom_kill rose since Navi last looked; null when it cannot tell"
     )
     problems: list[str] = Field(description="figures that could not be read, and why")
+    victim: Optional[ProgramMemory] = Field(
+        None, description="the last sample of the program that died, before it died"
+    )
+    programs: list[ProgramMemory] = Field(
+        default_factory=list,
+        description="the last sample of each supervised program, largest first: who held the memory",
+    )
 
 
 class Coalesced(_Model):

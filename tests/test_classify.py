@@ -12,6 +12,7 @@ from navi.cgroup import MemorySnapshot
 from navi.classify import Classifier, Evidence, Incident, Origin, event_id, triage
 from navi.exitlog import ExitRecord, parse_exit
 from navi.protocol import Event
+from navi.rss import RssSample
 
 ORIGIN = Origin(
     host="c0ffee",
@@ -137,16 +138,45 @@ def test_two_sigkills_and_one_kill_is_said_to_be_ambiguous() -> None:
     assert second is not None and second.type == "crash"
 
 
-def test_a_kill_counted_on_a_tick_expires_unclaimed() -> None:
-    """A child killed while its program lives on: the TICK dates the kill,
-    and a kill -9 minutes later is not blamed on the OOM killer."""
+def test_a_childs_kill_is_the_containers_at_once() -> None:
+    """A child killed while its program lives on: the TICK that counts the
+    kill finds no death in the log to claim it, and says so for the container,
+    naming who held the memory; a kill -9 later is not blamed on the OOM killer."""
     c = Classifier(ORIGIN, oom_baseline=0)
-    assert c.decide(event("TICK_5", "when:1"), Evidence(observed_at=NOW, oom_kill=1)) is None
+    samples = (
+        RssSample("web", "web", 40, 150 << 20, NOW - timedelta(seconds=3)),
+        RssSample("worker", "worker", 41, 20 << 20, NOW - timedelta(seconds=3)),
+    )
+    tick = event("TICK_5", "when:1", serial=7)
+    n = c.decide(tick, Evidence(observed_at=NOW, oom_kill=1, memory=memory(1), exits_waiting=0, rss=samples))
+    assert n is not None and n.type == "oom" and n.count == 1 and n.process.name is None
+    assert n.memory is not None and n.memory.victim is None
+    assert [(p.name, p.rss_bytes) for p in n.memory.programs] == [("web", 150 << 20), ("worker", 20 << 20)]
+    assert "no supervised program died" in n.summary and "largest program: web (150.0 MiB)" in n.summary
+    assert n.header["eventname"] == "TICK_5"
     later = Evidence(observed_at=NOW + timedelta(minutes=3), exit=record("terminated by SIGKILL"),
                      oom_kill=1, memory=memory(1))
-    n = c.decide(exited(), later)
-    assert n is not None and n.type == "crash"
-    assert n.notes[0].startswith("1 earlier OOM kill(s) in this container matched no program's death")
+    crash = c.decide(exited(), later)
+    assert crash is not None and crash.type == "crash"
+
+
+def test_an_oom_names_the_victims_last_sample() -> None:
+    c = Classifier(ORIGIN, oom_baseline=0)
+    samples = (RssSample("web", "web", 42, 60 << 20, NOW), RssSample("db", "db", 43, 2 << 20, NOW))
+    ev = Evidence(observed_at=NOW, exit=record("terminated by SIGKILL"), oom_kill=1, memory=memory(1), rss=samples)
+    n = c.decide(exited(), ev)
+    assert n is not None and n.type == "oom" and n.memory is not None
+    assert n.memory.victim is not None and (n.memory.victim.name, n.memory.victim.rss_bytes) == ("web", 60 << 20)
+
+
+def test_running_programs_are_tracked_for_sampling() -> None:
+    c = Classifier(ORIGIN, oom_baseline=0)
+    running = "processname:web groupname:web from_state:STARTING pid:42"
+    c.decide(event("PROCESS_STATE_RUNNING", running), Evidence(observed_at=NOW, oom_kill=0))
+    c.decide(event("PROCESS_STATE_RUNNING", running.replace("web", "navi")), Evidence(observed_at=NOW, oom_kill=0))
+    assert c.running == {("web", "web"): 42}
+    c.decide(exited(), evidence())
+    assert c.running == {}
 
 
 def test_another_signal_never_claims_a_kill() -> None:
@@ -170,14 +200,18 @@ def test_a_plain_exit_leaves_the_kill_to_a_waiting_sigkilled_program() -> None:
     assert c.unclaimed_kills == 1
 
 
-def test_unclaimed_kills_expire_with_a_note() -> None:
+def test_kills_no_death_claims_go_to_the_container_on_a_tick() -> None:
     c = Classifier(ORIGIN, oom_baseline=0)
-    c.decide(exited(serial=1), evidence("terminated by SIGSEGV", oom_kill=1))
-    later = Evidence(observed_at=NOW + timedelta(seconds=11), exit=record("terminated by SIGKILL"),
-                     oom_kill=1, memory=memory(1))
-    n = c.decide(exited(serial=2), later)
-    assert n is not None and n.type == "crash"
-    assert any("1 earlier OOM kill(s) in this container matched no program's death" in x for x in n.notes)
+    segv = c.decide(exited(serial=1), evidence("terminated by SIGSEGV", oom_kill=1))
+    assert segv is not None and segv.type == "crash" and c.unclaimed_kills == 1
+    tick = event("TICK_5", "when:1", serial=2)
+    # A death is still in the log, to come: it may claim the kill.
+    assert c.decide(tick, Evidence(observed_at=NOW, oom_kill=1, memory=memory(1), exits_waiting=1)) is None
+    later = NOW + timedelta(seconds=11)
+    n = c.decide(tick, Evidence(observed_at=later, oom_kill=1, memory=memory(1), exits_waiting=1))
+    assert n is not None and n.type == "oom" and n.count == 1 and c.unclaimed_kills == 0
+    assert (n.process.name, n.process.group, n.process.pid) == (None, None, None)
+    assert n.exit.unavailable and "no supervised program exited" in n.exit.unavailable
 
 
 def test_oom_of_a_child_is_said_so() -> None:

@@ -139,6 +139,7 @@ def test_crash_then_oom_on_cgroup_v2(world: dict[str, Any]) -> None:
     assert oom["memory"] == {
         "cgroup_version": 2, "cgroup_path": str(tmp / "cg"), "limit_bytes": 67108864,
         "usage_bytes": 66912256, "peak_bytes": 67108864, "oom_kill": 1, "oom_kill_rise": 1, "problems": [],
+        "victim": None, "programs": [],  # no TICK came to sample them
     }
     assert "Traceback" not in sup.stderr()
 
@@ -235,17 +236,34 @@ def test_redelivered_event_gives_no_second_file(world: dict[str, Any]) -> None:
     assert "already written" in sup.stderr()
 
 
-def test_a_kill_seen_on_a_tick_is_claimed_by_the_victim(world: dict[str, Any]) -> None:
+def test_a_kill_seen_on_a_tick_is_left_to_the_death_in_the_log(world: dict[str, Any]) -> None:
     tmp, log = world["tmp"], world["log"]
     sup = FakeSupervisord(tmp, world["env"])
     write_events(tmp, oom_kill=1)
-    sup.event("TICK_5", "when:1764025200")  # the counter is read on every event
-    die(log, "api", 7, "terminated by SIGKILL")
+    die(log, "api", 7, "terminated by SIGKILL")  # logged; its event comes after the TICK
+    sup.event("TICK_5", "when:1764025200")
     sup.event("PROCESS_STATE_EXITED", exited_payload("api", 7))
     assert sup.close() == (0, b"")
     (oom,) = notifications(tmp)
-    assert oom["type"] == "oom" and oom["memory"]["oom_kill"] == 1 and oom["memory"]["oom_kill_rise"] == 0
+    assert oom["type"] == "oom" and oom["process"]["name"] == "api"
+    assert oom["memory"]["oom_kill"] == 1 and oom["memory"]["oom_kill_rise"] == 0
     assert any("counted while reporting an earlier death" in note for note in oom["notes"])
+
+
+def test_a_kill_no_death_claims_is_the_containers(world: dict[str, Any]) -> None:
+    tmp = world["tmp"]
+    sup = FakeSupervisord(tmp, world["env"])
+    # A running program (this test's own process, so that it can be sampled).
+    sup.event("PROCESS_STATE_RUNNING", f"processname:web groupname:web from_state:STARTING pid:{os.getpid()}")
+    sup.event("TICK_5", "when:1764025200")
+    write_events(tmp, oom_kill=1)  # a child of web is killed; web lives on
+    sup.event("TICK_5", "when:1764025205")
+    assert sup.close() == (0, b"")
+    (oom,) = notifications(tmp)
+    assert oom["type"] == "oom" and oom["count"] == 1 and oom["process"]["name"] is None
+    assert oom["Header"]["eventname"] == "TICK_5" and oom["memory"]["oom_kill_rise"] == 1
+    (web,) = oom["memory"]["programs"]
+    assert (web["name"], web["pid"]) == ("web", os.getpid()) and web["rss_bytes"] > 10 << 20
 
 
 def test_a_replaced_directory_is_opened_again(world: dict[str, Any]) -> None:
