@@ -230,6 +230,9 @@ class Classifier:
         """Take a reading of the counter: new kills join those not yet
         claimed.  Returns its rise, or why it cannot tell."""
         if oom_kill is None:
+            # Lost track: what it reads when it is back is a new baseline,
+            # not kills (the cgroup may be another one by then).
+            self.oom_baseline = None
             return None, "the oom_kill counter could not be read"
         baseline, self.oom_baseline = self.oom_baseline, oom_kill
         if baseline is None:

@@ -297,3 +297,44 @@ def test_a_bad_supervisor_url_is_one_line_not_a_crash_loop(world: dict[str, Any]
         "navi: ERROR: supervisor URL 'https://supervisor:9001' is neither unix:// nor http://; "
         "exit statuses will be null until it can be read"
     ]
+
+
+def test_the_cgroup_going_away_or_starting_over_degrades_and_says_so(world: dict[str, Any]) -> None:
+    tmp, log = world["tmp"], world["log"]
+    sup = FakeSupervisord(tmp, world["env"])
+    (tmp / "cg" / "memory.events").unlink()  # vanished
+    die(log, "api", 7, "terminated by SIGKILL")
+    sup.event("PROCESS_STATE_EXITED", exited_payload("api", 7))
+    write_events(tmp, oom_kill=5)  # back, perhaps another cgroup: a new baseline, not 5 kills
+    sup.event("TICK_5", "when:1764025200")
+    write_events(tmp, oom_kill=2)  # and again: the counter went backwards
+    die(log, "api", 8, "terminated by SIGKILL")
+    sup.event("PROCESS_STATE_EXITED", exited_payload("api", 8))
+    assert sup.close() == (0, b"")
+    first, second = notifications(tmp)
+    assert first["type"] == second["type"] == "crash"  # never a guess
+    assert any("memory.events" in p for p in first["memory"]["problems"])
+    assert any("could not be read" in note for note in first["notes"])
+    assert any("went back from 5 to 2" in note for note in second["notes"])
+    assert "Traceback" not in sup.stderr()
+
+
+def test_random_bytes_on_stdin_only_ever_get_protocol_tokens(world: dict[str, Any]) -> None:
+    """A long random run through the real process: whatever arrives, Navi
+    answers with tokens only, says what was wrong in single lines, and exits
+    cleanly at EOF."""
+    import random
+
+    rnd = random.Random(2026)
+    sup = FakeSupervisord(world["tmp"], world["env"])
+    assert sup.proc.stdin is not None and sup.proc.stdout is not None
+    chunks = [rnd.randbytes(rnd.randint(1, 300)) for _ in range(300)]
+    for chunk in chunks:  # each followed by a newline: a header (bad or not) is complete
+        sup.proc.stdin.write(chunk + b"\n")
+    sup.proc.stdin.write(envelope("TICK_5", "when:1"))
+    code, rest = sup.close()
+    assert code == 0
+    assert set(rest.replace(OK + READY, b"")) == set(), rest[:200]
+    stderr = sup.stderr()
+    assert "Traceback" not in stderr
+    assert all(line.startswith("navi: ") for line in stderr.splitlines())

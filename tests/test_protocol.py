@@ -237,3 +237,32 @@ def test_payload_dict_keeps_value_colons() -> None:
     assert isinstance(results[0], Event)
     fields: dict[str, str] = results[0].fields
     assert fields["processname"] == "a:b"
+
+
+def test_a_long_random_run_mixing_events_and_garbage() -> None:
+    """Thousands of reads of valid events, junk lines and lens far larger than
+    what follows: only tokens come out, and the parser keeps finding valid
+    events after the junk (a huge len swallows what follows it, as it would
+    in supervisord's own reader)."""
+    import random
+
+    rnd = random.Random(1243)
+    chunks: list[bytes] = []
+    valid = 0
+    for serial in range(20000):
+        kind = rnd.random()
+        if kind < 0.6:
+            chunks.append(envelope("PROCESS_STATE_EXITED", f"processname:wëb{serial} groupname:g pid:{serial}", serial))
+            valid += 1
+        elif kind < 0.8:
+            chunks.append(rnd.randbytes(rnd.randint(1, 200)).replace(b"\n", b"") + b"\n")
+        else:
+            chunks.append(b"ver:3.0 eventname:X len:" + str(rnd.randint(0, 10**6)).encode() + b"\n")
+    # Split the stream at random points, as reads would.
+    data = b"".join(chunks)
+    cuts = sorted(rnd.sample(range(len(data)), 5000))
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    results, out = drive(pieces, max_payload=1000)
+    assert out == READY + (OK + READY) * len(results)
+    understood = [r for r in results if isinstance(r, Event) and r.name == "PROCESS_STATE_EXITED"]
+    assert 0 < len(understood) <= valid
