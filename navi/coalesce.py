@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Optional
 
+from pydantic import BaseModel
+
 from navi.notification import Coalesced, Notification
 
 
@@ -42,10 +44,25 @@ class _Held:
 MAX_KEYS = 1024
 
 
+class HeldState(BaseModel):
+    """What is held, as saved across a restart of Navi."""
+
+    count: int
+    first: datetime
+    reason: str
+    latest: Notification
+
+
+class SavedState(BaseModel):
+    version: int = 1
+    held: list[HeldState]
+
+
 class Coalescer:
     def __init__(self, limit: RateLimit = RateLimit()) -> None:
         self.limit = limit
         self._keys: OrderedDict[str, _Held] = OrderedDict()
+        self.changes = 0  # grows whenever what is held changes: when to save it
 
     @property
     def held(self) -> int:
@@ -87,6 +104,23 @@ class Coalescer:
             out.append(self._release(held))
         return out
 
+    def save(self) -> SavedState:
+        return SavedState(
+            held=[
+                HeldState(count=h.count, first=h.first, reason=h.reason, latest=h.latest)
+                for h in self._keys.values()
+                if h.count and h.latest is not None and h.first is not None
+            ]
+        )
+
+    def restore(self, state: SavedState, now: datetime) -> None:
+        """Hold again what a previous Navi held when it stopped."""
+        for h in state.held:
+            n = h.latest.model_copy(
+                update={"count": h.count, "coalesced": Coalesced(first=h.first, last=h.latest.time, reason=h.reason)}
+            )
+            self._hold(self._key(n, now), n, h.reason)
+
     def _key(self, n: Notification, now: datetime) -> _Held:
         name = f"{n.process.group}:{n.process.name}:{n.type}"
         held = self._keys.get(name)
@@ -105,17 +139,16 @@ class Coalescer:
             held.tokens = min(float(self.limit.burst), held.tokens + gained)
         held.refilled = now
 
-    @staticmethod
-    def _hold(held: _Held, n: Notification, reason: str) -> None:
+    def _hold(self, held: _Held, n: Notification, reason: str) -> None:
         first = n.coalesced.first if n.coalesced else n.time
         held.first = first if held.first is None else min(held.first, first)
         if held.latest is None or n.time >= held.latest.time:
             held.latest = n
         held.count += n.count
         held.reason = reason
+        self.changes += 1
 
-    @staticmethod
-    def _release(held: _Held) -> Notification:
+    def _release(self, held: _Held) -> Notification:
         """The latest incident held, standing for all of them."""
         assert held.latest is not None and held.first is not None
         n = held.latest
@@ -129,4 +162,5 @@ class Coalescer:
                 }
             )
         held.latest, held.count, held.first, held.reason = None, 0, None, ""
+        self.changes += 1
         return n

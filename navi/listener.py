@@ -17,7 +17,7 @@ from typing import Optional
 
 from navi import __version__, cgroup, rss
 from navi.classify import Classifier, Evidence, Incident, Origin, triage
-from navi.coalesce import Coalescer
+from navi.coalesce import Coalescer, SavedState
 from navi.exitlog import ExitLog, ExitRecord
 from navi.notification import Notification
 from navi.protocol import CLOSED, NEED_DATA, BadInput, Event, Listener
@@ -25,6 +25,10 @@ from navi.spool import Spool, SpoolError, file_name
 from navi.supervisord import FileLog, LogTail, LogUnavailable, RpcLog, identity
 
 log = logging.getLogger("navi")
+
+# Incidents held back (a storm, a full disk), kept across a restart of Navi.
+# A dot-name: consumers skip it.
+HELD_FILE = ".navi-held.json"
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class Shell:
         self._stamp = supervisord.started or datetime.now(timezone.utc)  # file names sort by it
         self.classifier = Classifier(self.origin, baseline)
         self.coalescer = Coalescer()
+        self._restore_held()
+        self._saved = self.coalescer.changes
         self._rss: dict[tuple[str, str], rss.RssSample] = {}
         self._write_problem = ""
         self.exit_log = ExitLog(self.origin.own_name, os.getpid())
@@ -172,6 +178,34 @@ class Shell:
         if tick:
             for held in self.coalescer.due(now):
                 self._publish(held, now)
+        self._save_held()
+
+    def _restore_held(self) -> None:
+        data = self._spool.load(HELD_FILE) if self._spool else None
+        if data is None:
+            return
+        try:
+            state = SavedState.model_validate_json(data)
+        except ValueError:
+            log.error("%s in %s is not a state Navi wrote; ignored", HELD_FILE, self.settings.notifications_dir)
+            return
+        self.coalescer.restore(state, datetime.now(timezone.utc))
+        log.info("%d incident(s) held by the previous Navi are written when they can be", self.coalescer.held)
+
+    def _save_held(self) -> None:
+        """Keep the held incidents on disk, so that a Navi that is killed
+        does not lose their count.  Only when they change: during a storm,
+        at each crash; otherwise never."""
+        if self.coalescer.changes == self._saved or self._spool is None:
+            return
+        try:
+            if self.coalescer.held:
+                self._spool.save(HELD_FILE, self.coalescer.save().model_dump_json().encode())
+            else:
+                self._spool.remove(HELD_FILE)
+            self._saved = self.coalescer.changes
+        except SpoolError:
+            pass  # the disk is full: the write problem is said already
 
     def _sample_rss(self, now: datetime) -> None:
         """The last memory sample of each running program (on TICKs only: a

@@ -124,7 +124,7 @@ def _remove_cgroup(directory: str) -> None:
 
 class Sandbox:
     def __init__(self, programs: str, root: Optional[Path] = None, cgroup_dir: Optional[str] = None,
-                 env: Optional[dict[str, str]] = None) -> None:
+                 env: Optional[dict[str, str]] = None, navi_command: Optional[str] = None) -> None:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="navi-sandbox-")) if root is None else root
         self.mnt = self.root / "mnt"
@@ -133,6 +133,7 @@ class Sandbox:
         self.cgroup_dir = cgroup_dir
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.conf = self.root / "etc" / "supervisord.conf"
+        self.navi_command = navi_command  # instead of the shipped one (a test's wrapper)
         try:
             self._lay_out(programs, env or {})
         except BaseException:
@@ -146,7 +147,10 @@ class Sandbox:
         self.conf.parent.mkdir(exist_ok=True)
         user = getpass.getuser()
         for src in shipped_config_dir().glob("*.conf"):
-            (self.conf.parent / src.name).write_text(render(src.read_text(), self.mnt, user))
+            text = render(src.read_text(), self.mnt, user)
+            if self.navi_command:
+                text = re.sub(r"(?m)^command=navi listen$", f"command={self.navi_command}", text)
+            (self.conf.parent / src.name).write_text(text)
         self.env = dict(os.environ)
         for name in ("SUPERVISOR_SERVER_URL", "SUPERVISOR_PROCESS_NAME", "SUPERVISOR_GROUP_NAME"):
             self.env.pop(name, None)

@@ -80,6 +80,48 @@ class Spool:
         written, or None when that notification is already there (an event
         delivered again)."""
         self._check_directory()
+        temp = self._write_temp(name, data)
+        try:
+            published = self._link(temp, name, ident)
+        except OSError as e:
+            raise self._error("publish", name, e) from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=self._fd)
+        self._sync_directory(name)
+        return published
+
+    def save(self, name: str, data: bytes) -> None:
+        """Replace the dot-file ``name`` (never a notification) atomically."""
+        temp = self._write_temp(name, data)
+        try:
+            os.replace(temp, name, src_dir_fd=self._fd, dst_dir_fd=self._fd)  # replaces a planted link itself
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=self._fd)
+            raise self._error("save", name, e) from None
+        self._sync_directory(name)
+
+    def load(self, name: str) -> Optional[bytes]:
+        """The file ``name``, if it is a regular file; never follows or blocks."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._fd)
+        except OSError:
+            return None
+        try:
+            return os.read(fd, MAX_FILE) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=self._fd)
+            os.fsync(self._fd)
+
+    def _write_temp(self, name: str, data: bytes) -> str:
+        """The whole of ``data`` in a new temporary file, fsynced."""
         temp, fd = self._create_temp(name)
         try:
             try:
@@ -89,17 +131,17 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            published = self._link(temp, name, ident)
         except OSError as e:
-            raise self._error("write", name, e) from None
-        finally:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=self._fd)
+            raise self._error("write", name, e) from None
+        return temp
+
+    def _sync_directory(self, name: str) -> None:
         try:
             os.fsync(self._fd)
         except OSError as e:
             raise self._error("fsync directory for", name, e) from None
-        return published
 
     def _check_directory(self) -> None:
         """The path must still name the directory we hold open: if it was
@@ -140,19 +182,12 @@ class Spool:
         raise SpoolError(f"cannot publish {name} in {self.directory}: it and every name after it are taken")
 
     def _holds(self, name: str, ident: str) -> bool:
+        data = self.load(name)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._fd)
-        except OSError:
+            found = json.loads(data) if data is not None else None
+        except ValueError:
             return False
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return False
-            found = json.loads(os.read(fd, MAX_FILE))
-            return isinstance(found, dict) and found.get("id") == ident
-        except (OSError, ValueError):
-            return False
-        finally:
-            os.close(fd)
+        return isinstance(found, dict) and found.get("id") == ident
 
     def usage(self) -> tuple[int, int]:
         """How many notifications are waiting in the directory, and their bytes."""

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 from navi import cgroup
+from navi.listener import HELD_FILE
 from navi.sandbox import Sandbox, Unavailable
 from navi.sandbox import memory_cgroup as memory_cgroup_of
 
@@ -134,7 +135,7 @@ class E2ESandbox(Sandbox):
         # one: give a publication in progress a moment to finish.
         deadline = time.monotonic() + 5
         while True:
-            files = self.notification_files(directory)
+            files = [p for p in self.notification_files(directory) if p.name != HELD_FILE]
             names = [p.name for p in files]
             temporary = [n for n in names if n.startswith(".")]
             if not temporary or time.monotonic() > deadline:

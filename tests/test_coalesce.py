@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from navi.classify import Classifier, Evidence
-from navi.coalesce import Coalescer, RateLimit
+from navi.coalesce import Coalescer, RateLimit, SavedState
 from navi.notification import Notification
 from tests.test_classify import ORIGIN, exited, fatal, memory, record
 
@@ -140,3 +140,16 @@ def test_no_incident_is_lost_and_the_storm_ends_flushed(operations: list[tuple[s
         now += LIMIT.refill
         written += sum(n.count for n in c.due(now))
     assert c.held == 0 and written == incidents
+
+
+def test_what_is_held_survives_a_restart() -> None:
+    c = Coalescer(LIMIT)
+    for i in range(8):
+        c.admit(crash(i, T0 + timedelta(seconds=i)), T0 + timedelta(seconds=i))
+    saved = c.save().model_dump_json()
+    again = Coalescer(LIMIT)
+    again.restore(SavedState.model_validate_json(saved), T0 + timedelta(seconds=30))
+    assert again.held == 5
+    (n,) = again.due(T0 + timedelta(seconds=30))
+    assert n.count == 5 and n.header["serial"] == "7" and n.coalesced is not None
+    assert n.coalesced.first == T0 + timedelta(seconds=3)

@@ -67,7 +67,7 @@ def test_a_full_directory_holds_notifications_until_it_is_read(sandbox: SandboxF
     first_two = box.check_files()
     assert [n["process"]["name"] for n in first_two] == ["a", "b"]
     # The platform takes one: the held one is written at the next TICK_5.
-    box.notification_files()[0].unlink()
+    next(p for p in box.notification_files() if not p.name.startswith(".")).unlink()
     box.wait_for(lambda: "c" in [n["process"]["name"] for n in box.notifications_list()], 20, "c's notification")
     assert [(n["process"]["name"], n["count"]) for n in box.check_files()] == [("b", 1), ("c", 1)]
     box.check_healthy(expect_errors=True)
@@ -111,7 +111,7 @@ def test_a_full_disk_holds_notifications_until_space_returns(
             box.wait_states({"a": "EXITED", "b": "EXITED"})
             assert sorted(os.listdir(spool)) == ["filler"]  # nothing partial, no temp file
             filler.unlink()
-            box.wait_for(lambda: len(list(spool.glob("*.json"))) == 2, 20, "both notifications once there is room")
+            box.wait_for(lambda: len(list(spool.glob("[!.]*.json"))) == 2, 20, "both notifications once there is room")
             found = box.check_files(spool)
             assert [(n["process"]["name"], n["exit"]["code"], n["count"]) for n in found] == [
                 ("a", 3, 1), ("b", 4, 1)
@@ -147,3 +147,37 @@ def test_a_hostile_neighbour_cannot_redirect_or_block_navi(sandbox: SandboxFacto
     assert precious.read_bytes() == b"the application's own data"
     assert box.status()["navi"] == "RUNNING"
     assert "Traceback" not in box.log("navi.log")
+
+
+DIE_BEFORE_ACK = """
+import os, sys
+import navi.spool
+publish = navi.spool.Spool.publish
+def publish_then_die(self, *args, **kwargs):
+    written = publish(self, *args, **kwargs)
+    if written and not os.path.exists(sys.argv[1]):  # only the first Navi, only once
+        open(sys.argv[1], "w").close()
+        os._exit(70)  # the worst moment: written, not acknowledged
+    return written
+navi.spool.Spool.publish = publish_then_die
+from navi.cli import main
+sys.exit(main(["listen"]))
+"""
+
+
+def test_killed_between_writing_and_acknowledging_gives_no_second_file(
+    sandbox: SandboxFactory, scratch_dir: Path
+) -> None:
+    wrapper = scratch_dir / "die_before_ack.py"
+    wrapper.write_text(DIE_BEFORE_ACK)
+    died = scratch_dir / "died"
+    import sys
+
+    box = sandbox(program("app", triggered("app", "exit 3")), navi_command=f"{sys.executable} {wrapper} {died}")
+    box.trigger("app")
+    # supervisord sends the unacknowledged event again, to the next Navi.
+    box.wait_for(lambda: "already written (event delivered again)" in box.log("navi.log"), 30, "the redelivery")
+    assert died.exists()
+    (n,) = box.check_files()
+    assert n["process"]["name"] == "app" and n["exit"]["code"] == 3
+    assert "exited: navi (exit status 70" in box.log("supervisord.log")

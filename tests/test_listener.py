@@ -116,8 +116,10 @@ def die(log: Path, name: str, pid: int, how: str) -> None:
 
 
 def notifications(tmp: Path) -> list[dict[str, Any]]:
-    files = sorted((tmp / "notifications").iterdir())
-    assert all(p.name.endswith(".json") and not p.name.startswith(".") for p in files)
+    entries = sorted((tmp / "notifications").iterdir())
+    assert [p.name for p in entries if p.name.startswith(".") and p.name != ".navi-held.json"] == []  # no temp
+    files = [p for p in entries if not p.name.startswith(".")]
+    assert all(p.name.endswith(".json") for p in files)
     return [json.loads(p.read_text()) for p in files]
 
 
@@ -338,3 +340,24 @@ def test_random_bytes_on_stdin_only_ever_get_protocol_tokens(world: dict[str, An
     stderr = sup.stderr()
     assert "Traceback" not in stderr
     assert all(line.startswith("navi: ") for line in stderr.splitlines())
+
+
+def test_held_incidents_survive_a_killed_navi(world: dict[str, Any]) -> None:
+    tmp, log = world["tmp"], world["log"]
+    sup = FakeSupervisord(tmp, world["env"])
+    for pid in range(100, 108):  # a storm: 5 written, 3 held
+        die(log, "api", pid, "exit status 2")
+        sup.event("PROCESS_STATE_EXITED", exited_payload("api", pid))
+    assert len(notifications(tmp)) == 5
+    state = json.loads((tmp / "notifications" / ".navi-held.json").read_text())
+    assert [h["count"] for h in state["held"]] == [3]
+    sup.proc.kill()  # dies with incidents held
+    sup.close()
+    again = FakeSupervisord(tmp, world["env"])
+    again.serial = sup.serial
+    again.event("TICK_5", "when:1764025200")
+    assert again.close() == (0, b"")
+    found = notifications(tmp)
+    assert [n["count"] for n in found] == [1, 1, 1, 1, 1, 3]
+    assert not (tmp / "notifications" / ".navi-held.json").exists()
+    assert "3 incident(s) held by the previous Navi" in again.stderr()

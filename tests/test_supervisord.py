@@ -307,7 +307,7 @@ def test_missing_notifications_dir(sandbox: SandboxFactory, scratch_dir: Path) -
     box.trigger("second")
     box.wait_states({"second": "EXITED"})
     # The second is written at once; the first at the next TICK_5.
-    box.wait_for(lambda: len([p for p in later.iterdir() if p.name.endswith(".json")]) == 2, 20,
+    box.wait_for(lambda: len(list(later.glob("[!.]*.json"))) == 2, 20,
                  "both crashes' notifications")
     found = box.check_files(later)
     assert [(n["process"]["name"], n["exit"]["code"], n["count"]) for n in found] == [("first", 3, 1), ("second", 5, 1)]
