@@ -142,43 +142,45 @@ class Shell:
         incident = triage(event, self.origin)
         now = datetime.now(timezone.utc)
         tick = event.name.startswith("TICK_")
-        # Read at every event, TICK_5 included, so that each OOM kill is
-        # dated within seconds of happening.
-        oom_kill = cgroup.read_oom_kill(self._cgroup) if self._cgroup else None
         if tick:
             self._sample_rss(now)
-        kills_to_place = tick and (self.classifier.unclaimed_kills or oom_kill != self.classifier.oom_baseline)
-        if incident is None and not kills_to_place:
-            self.classifier.decide(event, Evidence(observed_at=now, oom_kill=oom_kill))
+        notification = None
+        if incident is not None:
+            record, problem = self._exit_record(event) if incident is Incident.EXIT else (None, None)
+            notification = self.classifier.decide(event, self._evidence(now, record, problem))
         else:
-            if incident is Incident.EXIT:
-                record, exit_problem = self._exit_record(event)
-            else:
-                record, exit_problem = None, None
+            # Read at every event, TICK_5 included, so that each OOM kill is
+            # dated within seconds of happening.
+            oom_kill = cgroup.read_oom_kill(self._cgroup) if self._cgroup else None
+            if tick and (self.classifier.unclaimed_kills or oom_kill != self.classifier.oom_baseline):
                 self._read_log()  # which deaths are still to come, to claim the kills
-            snapshot = cgroup.read(self._cgroup) if self._cgroup else None
-            notification = self.classifier.decide(
-                event,
-                Evidence(
-                    observed_at=now,
-                    exit=record,
-                    exit_problem=exit_problem,
-                    oom_kill=snapshot.oom_kill if snapshot else oom_kill,
-                    memory=snapshot,
-                    memory_problem=self._cgroup_problem or None,
-                    sigkills_waiting=self.exit_log.sigkills_waiting(),
-                    exits_waiting=self.exit_log.waiting(),
-                    rss=tuple(self._rss.values()),
-                ),
-            )
-            if notification is not None:
-                admitted = self.coalescer.admit(notification, now)
-                if admitted is not None:
-                    self._publish(admitted, now)
+                notification = self.classifier.decide(event, self._evidence(now))
+            else:
+                self.classifier.decide(event, Evidence(observed_at=now, oom_kill=oom_kill))
+        if notification is not None:
+            admitted = self.coalescer.admit(notification, now)
+            if admitted is not None:
+                self._publish(admitted, now)
         if tick:
             for held in self.coalescer.due(now):
                 self._publish(held, now)
         self._save_held()
+
+    def _evidence(
+        self, now: datetime, record: Optional[ExitRecord] = None, exit_problem: Optional[str] = None
+    ) -> Evidence:
+        snapshot = cgroup.read(self._cgroup) if self._cgroup else None
+        return Evidence(
+            observed_at=now,
+            exit=record,
+            exit_problem=exit_problem,
+            oom_kill=snapshot.oom_kill if snapshot else None,
+            memory=snapshot,
+            memory_problem=self._cgroup_problem or None,
+            sigkills_waiting=self.exit_log.sigkills_waiting(),
+            exits_waiting=self.exit_log.waiting(),
+            rss=tuple(self._rss.values()),
+        )
 
     def _restore_held(self) -> None:
         data = self._spool.load(HELD_FILE) if self._spool else None
