@@ -37,7 +37,6 @@ MAX_PROGRAMS_LISTED = 10
 # log, or by this long, was of a process supervisord does not watch.
 OOM_WINDOW = timedelta(seconds=10)
 MAX_PENDING_KILLS = 256
-RUNNING_STATES = ("PROCESS_STATE_RUNNING",)
 
 
 @dataclass(frozen=True)
@@ -221,7 +220,7 @@ class Classifier:
         key = (fields.get("groupname", ""), fields.get("processname", ""))
         if key[0] == self.origin.own_group:
             return
-        if event.name in RUNNING_STATES and fields.get("pid", "").isdigit():
+        if event.name == "PROCESS_STATE_RUNNING" and fields.get("pid", "").isdigit():
             self.running[key] = int(fields["pid"])
         elif event.name.startswith("PROCESS_STATE_"):
             self.running.pop(key, None)
