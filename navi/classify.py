@@ -9,9 +9,8 @@ if any.
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Optional
 
@@ -93,9 +92,10 @@ class Evidence:
 
 
 def event_id(origin: Origin, event: Event) -> str:
-    """Stable over redelivery: serials are unique within one supervisord's life."""
-    key = "\0".join([origin.host, origin.supervisord_key, event.header.get("serial", ""), event.name, event.payload])
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+    """Stable over redelivery: serials are unique within one supervisord's
+    life, which the key names (boot id, pid, start time), on this host.
+    Readable rather than hashed: hashlib would load OpenSSL (3.5 MB)."""
+    return f"{origin.host}:{origin.supervisord_key}:{event.header.get('serial', '')}"
 
 
 def _int(text: Optional[str]) -> Optional[int]:
@@ -314,7 +314,7 @@ def _with_programs(
         for s in sorted(samples, key=lambda s: s.rss_bytes, reverse=True)
     ]
     own = next((p for p in listed if (p.group, p.name) == victim), None)
-    return memory.model_copy(update={"programs": listed[:MAX_PROGRAMS_LISTED], "victim": own})
+    return replace(memory, programs=listed[:MAX_PROGRAMS_LISTED], victim=own)
 
 
 def _exit_info(evidence: Evidence, startup: bool) -> ExitInfo:

@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         "and print the notifications Navi wrote.",
     )
     demo.add_argument("--dir", metavar="DIR", help="lay out the temporary /mnt here (default: a new temp dir)")
+    commands.add_parser(
+        "schema",
+        help="print the JSON Schema of the notification files",
+        description="Print the JSON Schema of the notification format (also in the package, as "
+        "navi/notification.schema.json).",
+    )
     return parser
 
 
@@ -112,6 +118,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         from navi import demo as demo_module
 
         return demo_module.main(args.dir)
+    if args.command == "schema":
+        from navi.schema import schema_text
+
+        sys.stdout.write(schema_text())
+        return 0
     return 2
 
 

@@ -13,11 +13,9 @@ is the number of incidents.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Optional
-
-from pydantic import BaseModel
 
 from navi.notification import Coalesced, Notification
 
@@ -44,7 +42,8 @@ class _Held:
 MAX_KEYS = 1024
 
 
-class HeldState(BaseModel):
+@dataclass(frozen=True)
+class HeldState:
     """What is held, as saved across a restart of Navi."""
 
     count: int
@@ -53,9 +52,10 @@ class HeldState(BaseModel):
     latest: Notification
 
 
-class SavedState(BaseModel):
-    version: int = 1
+@dataclass(frozen=True)
+class SavedState:
     held: list[HeldState]
+    version: int = 1
 
 
 class Coalescer:
@@ -116,9 +116,8 @@ class Coalescer:
     def restore(self, state: SavedState, now: datetime) -> None:
         """Hold again what a previous Navi held when it stopped."""
         for h in state.held:
-            n = h.latest.model_copy(
-                update={"count": h.count, "coalesced": Coalesced(first=h.first, last=h.latest.time, reason=h.reason)}
-            )
+            n = replace(h.latest, count=h.count,
+                        coalesced=Coalesced(first=h.first, last=h.latest.time, reason=h.reason))
             self._hold(self._key(n, now), n, h.reason)
 
     def _key(self, n: Notification, now: datetime) -> _Held:
@@ -153,13 +152,11 @@ class Coalescer:
         assert held.latest is not None and held.first is not None
         n = held.latest
         if held.count > 1:
-            n = n.model_copy(
-                update={
-                    "count": held.count,
-                    "coalesced": Coalesced(first=held.first, last=n.time, reason=held.reason),
-                    "summary": f"{n.summary} ({held.count} times since {held.first:%H:%M:%S} UTC; "
-                    f"held back by {held.reason})",
-                }
+            n = replace(
+                n,
+                count=held.count,
+                coalesced=Coalesced(first=held.first, last=n.time, reason=held.reason),
+                summary=f"{n.summary} ({held.count} times since {held.first:%H:%M:%S} UTC; held back by {held.reason})",
             )
         held.latest, held.count, held.first, held.reason = None, 0, None, ""
         self.changes += 1

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
-import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
@@ -19,7 +17,7 @@ from navi import __version__, cgroup, rss
 from navi.classify import Classifier, Evidence, Incident, Origin, triage
 from navi.coalesce import Coalescer, SavedState
 from navi.exitlog import ExitLog, ExitRecord
-from navi.notification import Notification
+from navi.notification import FormatError, Notification, decode, encode
 from navi.protocol import CLOSED, NEED_DATA, BadInput, Event, Listener
 from navi.spool import Spool, SpoolError, file_name
 from navi.supervisord import FileLog, LogTail, LogUnavailable, RpcLog, identity
@@ -68,12 +66,12 @@ class Shell:
             log.error("cannot identify supervisord (pid %d) in %s: an event delivered again after a restart "
                       "of Navi may be written twice", ppid, settings.proc_root)
         self.origin = Origin(
-            host=socket.gethostname(),
+            host=os.uname().nodename,
             supervisord_pid=ppid,
             supervisord_started=supervisord.started,
             # Unknown: unique to this Navi, so a new supervisord's serials
             # can never collide with an old one's (a duplicate, not a loss).
-            supervisord_key=supervisord.key or f"navi-{os.getpid()}-{secrets.token_hex(8)}",
+            supervisord_key=supervisord.key or f"navi-{os.getpid()}-{os.urandom(8).hex()}",
             own_group=os.environ.get("SUPERVISOR_GROUP_NAME"),
             own_name=os.environ.get("SUPERVISOR_PROCESS_NAME"),
             navi_version=__version__,
@@ -187,8 +185,8 @@ class Shell:
         if data is None:
             return
         try:
-            state = SavedState.model_validate_json(data)
-        except ValueError:
+            state = decode(SavedState, data)
+        except FormatError:
             log.error("%s in %s is not a state Navi wrote; ignored", HELD_FILE, self.settings.notifications_dir)
             return
         self.coalescer.restore(state, datetime.now(timezone.utc))
@@ -202,7 +200,7 @@ class Shell:
             return
         try:
             if self.coalescer.held:
-                self._spool.save(HELD_FILE, self.coalescer.save().model_dump_json().encode())
+                self._spool.save(HELD_FILE, encode(self.coalescer.save()))
             else:
                 self._spool.remove(HELD_FILE)
             self._saved = self.coalescer.changes
@@ -212,8 +210,8 @@ class Shell:
     def _sample_rss(self, now: datetime) -> None:
         """The last memory sample of each running program (on TICKs only: a
         few /proc reads per program)."""
-        samples = (rss.sample(name, group, pid, now) for (group, name), pid in self.classifier.running.items())
-        self._rss = {(s.group, s.name): s for s in samples if s is not None}
+        running = [(group, name, pid) for (group, name), pid in self.classifier.running.items()]
+        self._rss = {(s.group, s.name): s for s in rss.sample(running, self.settings.proc_root, now)}
 
     def _publish(self, notification: Notification, now: datetime) -> None:
         """Write it, or hold it (with its count) for a retry on a TICK."""

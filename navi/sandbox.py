@@ -25,8 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from navi import cgroup
-from navi.supervisord import rpc
+from navi import cgroup, rpc
 
 MNT_DIRS = ("app", "home", "log", "notifications", "tmp")
 
@@ -254,9 +253,9 @@ class Sandbox:
         if self.process is None or self.process.poll() is not None:
             return
         try:
-            proxy = rpc(f"unix://{self.socket}", timeout=30)
-            proxy.supervisor.stopAllProcesses(True)
-            proxy.supervisor.shutdown()
+            url = f"unix://{self.socket}"
+            rpc.call(url, "supervisor.stopAllProcesses", True, timeout=30)
+            rpc.call(url, "supervisor.shutdown", timeout=30)
         except Exception:
             self.process.send_signal(signal.SIGTERM)
         try:

@@ -11,19 +11,17 @@ place after the last lines it has already seen.
 
 from __future__ import annotations
 
-import http.client
 import os
-import socket
 import stat
-import xmlrpc.client
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol
+
+from navi import rpc
 
 FIRST_TAIL = 1 << 20  # at start, enough for the current supervisord's recent past
 TAIL = 16 << 10
 MAX_TAIL = 4 << 20
-RPC_TIMEOUT = 2.0
 
 
 class LogUnavailable(Exception):
@@ -121,46 +119,6 @@ def _size(text: str) -> int:
     return len(text.encode("utf-8", "surrogateescape"))
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class _Transport(xmlrpc.client.Transport):
-    """HTTP over TCP or a unix socket, with a timeout: supervisord must never
-    be able to hang Navi while it holds an event."""
-
-    def __init__(self, timeout: float, path: Optional[str] = None) -> None:
-        super().__init__()
-        self._timeout = timeout
-        self._path = path
-
-    def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        if self._path is not None:
-            return _UnixConnection(self._path, self._timeout)
-        return http.client.HTTPConnection(host, timeout=self._timeout)
-
-
-def rpc(url: str, timeout: float = RPC_TIMEOUT) -> xmlrpc.client.ServerProxy:
-    """A proxy for supervisord's XML-RPC at ``unix:///path`` or ``http://host:port``."""
-    if url.startswith("unix://"):
-        return xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=_Transport(timeout, url[7:]))
-    if url.startswith("http://"):
-        return xmlrpc.client.ServerProxy(url.rstrip("/") + "/RPC2", transport=_Transport(timeout))
-    raise LogUnavailable(f"supervisor URL {url!r} is neither unix:// nor http://")
-
-
 class _ReadFailed(LogUnavailable):
     """supervisord answered, but could not read that range of its log."""
 
@@ -169,8 +127,11 @@ class RpcLog:
     """The main log over XML-RPC."""
 
     def __init__(self, url: str) -> None:
+        try:
+            rpc.check_url(url)
+        except rpc.RpcError as e:
+            raise LogUnavailable(str(e)) from None
         self._url = url
-        self._proxy = rpc(url)
 
     def since(self, offset: int) -> str:
         return self._read(offset)
@@ -188,17 +149,17 @@ class RpcLog:
 
     def _read(self, offset: int) -> str:
         try:
-            return str(self._proxy.supervisor.readLog(offset, 0))
-        except xmlrpc.client.Fault as e:
-            if e.faultCode == 20:  # NO_FILE
+            return str(rpc.call(self._url, "supervisor.readLog", offset, 0))
+        except rpc.Fault as e:
+            if e.code == 20:  # NO_FILE
                 raise LogUnavailable(
                     "supervisord has no main log file (logfile=syslog?): exit statuses are only in its log"
                 ) from None
-            raise _ReadFailed(f"supervisord could not read its log: {e.faultString}") from None
-        except xmlrpc.client.ProtocolError as e:
-            raise _ReadFailed(f"supervisord could not read its log: {e.errcode} {e.errmsg}") from None
-        except (OSError, http.client.HTTPException) as e:
-            raise LogUnavailable(f"cannot reach supervisord at {self._url}: {e}") from None
+            raise _ReadFailed(f"supervisord could not read its log: {e.text}") from None
+        except rpc.Unreachable as e:
+            raise LogUnavailable(str(e)) from None
+        except rpc.RpcError as e:
+            raise _ReadFailed(f"supervisord could not read its log: {e}") from None
 
 
 class FileLog:

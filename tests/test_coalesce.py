@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings
@@ -7,7 +8,7 @@ from hypothesis import strategies as st
 
 from navi.classify import Classifier, Evidence
 from navi.coalesce import Coalescer, RateLimit, SavedState
-from navi.notification import Notification
+from navi.notification import Notification, decode, encode
 from tests.test_classify import ORIGIN, exited, fatal, memory, record
 
 T0 = datetime(2026, 11, 24, 3, 0, tzinfo=timezone.utc)
@@ -71,7 +72,7 @@ def test_programs_and_types_are_limited_separately_and_fatal_never() -> None:
     assert c.admit(crash(1, T0, name="a"), T0) is not None
     assert c.admit(crash(2, T0, name="b"), T0) is not None
     assert c.admit(crash(3, T0, name="a"), T0) is None
-    oom = crash(4, T0, name="a").model_copy(update={"type": "oom"})
+    oom = replace(crash(4, T0, name="a"), type="oom")
     assert c.admit(oom, T0) is not None
     for serial in (5, 6):
         f = Classifier(ORIGIN, oom_baseline=0).decide(fatal(name="a", serial=serial), Evidence(observed_at=T0))
@@ -146,9 +147,9 @@ def test_what_is_held_survives_a_restart() -> None:
     c = Coalescer(LIMIT)
     for i in range(8):
         c.admit(crash(i, T0 + timedelta(seconds=i)), T0 + timedelta(seconds=i))
-    saved = c.save().model_dump_json()
+    saved = encode(c.save())
     again = Coalescer(LIMIT)
-    again.restore(SavedState.model_validate_json(saved), T0 + timedelta(seconds=30))
+    again.restore(decode(SavedState, saved), T0 + timedelta(seconds=30))
     assert again.held == 5
     (n,) = again.due(T0 + timedelta(seconds=30))
     assert n.count == 5 and n.header["serial"] == "7" and n.coalesced is not None

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from navi.supervisord import FileLog, Identity, LogTail, LogUnavailable, RpcLog, identity, new_lines, rpc
+from navi.supervisord import FileLog, Identity, LogTail, LogUnavailable, RpcLog, identity, new_lines
 
 
 class GrowingLog:
@@ -142,7 +142,7 @@ def test_rpc_unreachable(tmp_path: Path) -> None:
     with pytest.raises(LogUnavailable, match="cannot reach supervisord"):
         RpcLog(f"unix://{tmp_path}/no.sock").tail(100)
     with pytest.raises(LogUnavailable, match="neither unix:// nor http://"):
-        rpc("ftp://x")
+        RpcLog("ftp://x")
 
 
 def test_identity_of_this_process() -> None:
