@@ -215,13 +215,15 @@ class Classifier:
         process = ProcessInfo(name=None, group=None, pid=None)
         return self._notification(event, evidence, "oom", summary, process, exit_info, memory, notes, count=due)
 
+    def note_running(self, group: str, name: str, pid: int) -> None:
+        if group != self.origin.own_group and pid > 0:
+            self.running[(group, name)] = pid
+
     def _track(self, event: Event) -> None:
         fields = event.fields
         key = (fields.get("groupname", ""), fields.get("processname", ""))
-        if key[0] == self.origin.own_group:
-            return
         if event.name == "PROCESS_STATE_RUNNING" and fields.get("pid", "").isdigit():
-            self.running[key] = int(fields["pid"])
+            self.note_running(*key, int(fields["pid"]))
         elif event.name.startswith("PROCESS_STATE_"):
             self.running.pop(key, None)
 

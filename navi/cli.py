@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
         help="likewise for their total size in bytes [NAVI_MAX_BYTES] (default: %(default)s, "
         "on a volume of 2 GB shared with the application)",
     )
+    listen.add_argument(
+        "--original-dir", metavar="DIR", default=_env("NAVI_ORIGINAL_DIR", None),
+        help="also write each incident's event in the original Navi's format (<unix seconds>.json with Header, "
+        "Metadata, Payload, ReceivedAt) into DIR, for consumers not yet moved over [NAVI_ORIGINAL_DIR]",
+    )
     demo = commands.add_parser(
         "demo",
         help="show Navi at work under real supervisord, in a temporary /mnt",
@@ -112,6 +117,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             supervisord_log=args.supervisord_log,
             max_files=_count(args.max_files, "--max-files", MAX_FILES),
             max_bytes=_count(args.max_bytes, "--max-bytes", MAX_BYTES),
+            original_dir=args.original_dir,
         )
         return listen(settings, protocol_fd)
     if args.command == "demo":

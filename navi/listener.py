@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
-from navi import __version__, cgroup, rss
+from navi import __version__, cgroup, rpc, rss
 from navi.classify import Classifier, Evidence, Incident, Origin, triage
 from navi.coalesce import Coalescer, SavedState
+from navi.deaths import DeathWatch
 from navi.exitlog import ExitLog, ExitRecord
-from navi.notification import FormatError, Notification, decode, encode
+from navi.notification import FormatError, Notification, Original, decode, encode
 from navi.protocol import CLOSED, NEED_DATA, BadInput, Event, Listener
-from navi.spool import Spool, SpoolError, file_name
+from navi.spool import Spool, SpoolError, file_name, next_seconds, original_name
 from navi.supervisord import FileLog, LogTail, LogUnavailable, RpcLog, identity
 
 log = logging.getLogger("navi")
@@ -27,6 +28,8 @@ log = logging.getLogger("navi")
 # Incidents held back (a storm, a full disk), kept across a restart of Navi.
 # A dot-name: consumers skip it.
 HELD_FILE = ".navi-held.json"
+# Waking supervisord is only worth it if it answers at once.
+WAKE_TIMEOUT = 0.5
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Settings:
     supervisord_log: Optional[str]
     max_files: int
     max_bytes: int
+    original_dir: Optional[str] = None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -83,6 +87,7 @@ class Shell:
         self._saved = self.coalescer.changes
         self._rss: dict[tuple[str, str], rss.RssSample] = {}
         self._write_problem = ""
+        self._original_problem = ""
         self.exit_log = ExitLog(self.origin.own_name, os.getpid())
         self._log_tail: Optional[LogTail] = None
         self._log_problem = ""
@@ -97,6 +102,9 @@ class Shell:
             self._log_problem = str(e)
         self._read_log()
         self.exit_log.first_read_done()
+        url = settings.supervisor_url
+        self.deaths = DeathWatch((lambda: rpc.call(url, "supervisor.getState", timeout=WAKE_TIMEOUT)) if url else None)
+        self._running_now()
         if self._log_problem:
             log.error("%s; exit statuses will be null until it can be read", self._log_problem)
         log.info(
@@ -106,6 +114,22 @@ class Shell:
             f"v{self._cgroup.version} at {self._cgroup.path}" if self._cgroup else "none",
             self._log_tail.description if self._log_tail else "nowhere",
         )
+
+    def _running_now(self) -> None:
+        """Programs already running when Navi starts: their RUNNING events
+        were sent before it was there."""
+        if not self.settings.supervisor_url:
+            return
+        try:
+            infos = rpc.call(self.settings.supervisor_url, "supervisor.getAllProcessInfo")
+        except (rpc.RpcError, rpc.Fault) as e:
+            log.warning("cannot list the running programs (%s): their memory and deaths are watched "
+                        "from their next start", e)
+            return
+        for info in infos if isinstance(infos, list) else ():
+            if isinstance(info, dict) and info.get("statename") == "RUNNING" and isinstance(info.get("pid"), int):
+                self.classifier.note_running(str(info.get("group")), str(info.get("name")), info["pid"])
+        self.deaths.watch(self.classifier.running.values())
 
     def _open_spool(self) -> None:
         try:
@@ -163,6 +187,7 @@ class Shell:
             for held in self.coalescer.due(now):
                 self._publish(held, now)
         self._save_held()
+        self.deaths.watch(self.classifier.running.values())
 
     def _evidence(
         self, now: datetime, record: Optional[ExitRecord] = None, exit_problem: Optional[str] = None
@@ -234,6 +259,8 @@ class Shell:
                 )
                 break
             try:
+                if self.settings.original_dir and not self._spool.holds(name, notification.id):
+                    self._publish_original(notification)
                 written = self._spool.publish(name, data, notification.id)
             except SpoolError as e:
                 problem = "disk full" if e.disk_full else "write failed"
@@ -249,6 +276,23 @@ class Shell:
                 log.info("%s: %s -> %s", notification.type, notification.summary, written)
             return
         self.coalescer.failed(notification, problem, now)
+
+    def _publish_original(self, notification: Notification) -> None:
+        """The original Navi's file for the event, before the new one: a
+        Navi killed in between gives a duplicate, never a loss.  Not held
+        when it fails: the new format is the record."""
+        assert self.settings.original_dir is not None
+        try:
+            spool = Spool(self.settings.original_dir, alternatives=next_seconds)
+            try:
+                spool.publish(original_name(notification.time), encode(Original.of(notification)) + b"\n", None)
+            finally:
+                spool.close()
+            self._original_problem = ""
+        except SpoolError as e:
+            if str(e) != self._original_problem:
+                log.error("%s; the original-format file of %s is not written", e, notification.summary)
+            self._original_problem = str(e)
 
     def _say_write_problem(self, problem: str) -> None:
         """One line when writing starts to fail, and one when it works again."""
@@ -266,6 +310,8 @@ def serve(shell: Optional[Shell], stdin_fd: int, protocol_fd: int) -> int:
         while True:
             received = proto.next_event()
             if received is NEED_DATA:
+                if shell is not None:
+                    shell.deaths.wait_for_input(stdin_fd)
                 proto.receive_data(os.read(stdin_fd, 65536))
                 continue
             break

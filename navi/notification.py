@@ -123,6 +123,23 @@ class Notification:
         return encode(self) + b"\n"
 
 
+@dataclass(frozen=True)
+class Original:
+    """What the original Navi (1.0, Go) wrote for an event: its consumers
+    decode exactly this.  Written beside the new format on request, for the
+    events behind Navi's notifications."""
+
+    header: dict[str, str] = field(metadata={"alias": "Header"})
+    metadata: dict[str, str] = field(metadata={"alias": "Metadata"})
+    # The event's body after its token line: none for PROCESS_STATE and TICK.
+    payload: str = field(metadata={"alias": "Payload"})
+    received_at: datetime = field(metadata={"alias": "ReceivedAt"})
+
+    @classmethod
+    def of(cls, n: Notification) -> Original:
+        return cls(header=n.header, metadata=n.metadata, payload="", received_at=n.time)
+
+
 # Keys in the order a person reads them (dataclass order puts defaults last).
 _FIRST_KEYS = ("schema", "id", "type", "time", "count", "coalesced", "summary")
 

@@ -18,7 +18,7 @@ import re
 import stat
 import time
 from datetime import datetime
-from typing import Optional
+from typing import Callable, Optional
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -44,9 +44,28 @@ MAX_FILE = 1 << 20  # no notification is near this; read no more of a planted fi
 STALE_TEMP = 3600  # seconds: a temp file this old is a Navi's that was killed mid-write
 
 
+def numbered(name: str) -> list[str]:
+    """Names for a notification whose own name is taken by something else."""
+    stem = name[: -len(".json")]
+    return [f"{stem}.{n}.json" for n in range(1, 8)]
+
+
+def original_name(when: datetime) -> str:
+    """The original Navi's ``<unix seconds>.json``."""
+    return f"{int(when.timestamp())}.json"
+
+
+def next_seconds(name: str) -> list[str]:
+    """For the original names: the next free second, so that names stay
+    what the original's consumers parse."""
+    seconds = int(name[: -len(".json")])
+    return [f"{seconds + n}.json" for n in range(1, 8)]
+
+
 class Spool:
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, alternatives: Callable[[str], list[str]] = numbered) -> None:
         self.directory = directory
+        self._alternatives = alternatives
         try:
             self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
@@ -74,11 +93,11 @@ class Spool:
     def close(self) -> None:
         os.close(self._fd)
 
-    def publish(self, name: str, data: bytes, ident: str) -> Optional[str]:
+    def publish(self, name: str, data: bytes, ident: Optional[str]) -> Optional[str]:
         """Publish ``data`` (a notification whose id is ``ident``) as ``name``,
         or next to it when something else took that name.  Returns the name
         written, or None when that notification is already there (an event
-        delivered again)."""
+        delivered again; never, when there is no ``ident``)."""
         self._check_directory()
         temp = self._write_temp(name, data)
         try:
@@ -168,20 +187,20 @@ class Spool:
                 raise self._error("create", temp, e) from None
         raise SpoolError(f"cannot create a temporary file in {self.directory}: every name tried was taken")
 
-    def _link(self, temp: str, name: str, ident: str) -> Optional[str]:
+    def _link(self, temp: str, name: str, ident: Optional[str]) -> Optional[str]:
         """link() never replaces: a name already taken is ours only if it is a
         regular file holding this very notification."""
-        stem = name[: -len(".json")]
-        for candidate in [name] + [f"{stem}.{n}.json" for n in range(1, 8)]:
+        for candidate in [name, *self._alternatives(name)]:
             try:
                 os.link(temp, candidate, src_dir_fd=self._fd, dst_dir_fd=self._fd, follow_symlinks=False)
                 return candidate
             except FileExistsError:
-                if self._holds(candidate, ident):
+                if ident is not None and self.holds(candidate, ident):
                     return None
         raise SpoolError(f"cannot publish {name} in {self.directory}: it and every name after it are taken")
 
-    def _holds(self, name: str, ident: str) -> bool:
+    def holds(self, name: str, ident: str) -> bool:
+        """Whether ``name`` is the notification ``ident``."""
         data = self.load(name)
         try:
             found = json.loads(data) if data is not None else None

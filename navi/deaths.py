@@ -1,0 +1,88 @@
+"""Deaths the moment they happen, and supervisord woken to report them.
+
+supervisord notices a child's death only when its main loop wakes, which
+it does once a second when nothing else happens (a SIGCHLD does not wake
+it: Python retries the interrupted poll).  So Navi watches a pidfd of each
+running program, and when one dies makes one cheap XML-RPC call: activity
+on supervisord's socket ends its poll, it reaps the child and sends the
+EXITED event at once.  Without pidfds (Linux before 5.3) or without the
+socket, events come at supervisord's own pace.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+from collections.abc import Iterable
+from typing import Callable, Optional
+
+log = logging.getLogger("navi")
+
+
+class DeathWatch:
+    def __init__(self, wake: Optional[Callable[[], None]]) -> None:
+        self._wake = wake
+        self._poll = select.poll()
+        self._fds: dict[int, int] = {}  # pid -> pidfd
+        self._pids: dict[int, int] = {}  # pidfd -> pid
+        self.enabled = hasattr(os, "pidfd_open") and wake is not None
+        self._wake_failed = False
+
+    def watch(self, pids: Iterable[int]) -> None:
+        """Watch exactly these pids (the running programs)."""
+        if not self.enabled:
+            return
+        wanted = set(pids)
+        for pid in [p for p in self._fds if p not in wanted]:
+            self._forget(pid)
+        for pid in wanted.difference(self._fds):
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError as e:
+                if e.errno == errno.ESRCH:  # dead already: its event is due
+                    self._wake_supervisord()
+                    continue
+                log.warning("cannot watch pid %d (%s): its death is reported at supervisord's pace; "
+                            "no more deaths are watched", pid, e.strerror)
+                self.enabled = False
+                return
+            self._fds[pid] = fd
+            self._pids[fd] = pid
+            self._poll.register(fd, select.POLLIN)
+
+    def wait_for_input(self, fd: int) -> None:
+        """Block until ``fd`` is readable (or closed), handling deaths meanwhile."""
+        self._poll.register(fd, select.POLLIN)
+        try:
+            while True:
+                ready = [f for f, _ in self._poll.poll()]
+                for dead in (f for f in ready if f in self._pids):
+                    self._forget(self._pids[dead])
+                    self._wake_supervisord()
+                if fd in ready:
+                    return
+        finally:
+            self._poll.unregister(fd)
+
+    def _forget(self, pid: int) -> None:
+        fd = self._fds.pop(pid)
+        del self._pids[fd]
+        self._poll.unregister(fd)
+        os.close(fd)
+
+    def _wake_supervisord(self) -> None:
+        assert self._wake is not None
+        try:
+            self._wake()
+        except Exception as e:  # the event still comes, at supervisord's pace
+            if not self._wake_failed:
+                log.warning("cannot wake supervisord (%s): this death is reported at its pace", e)
+            self._wake_failed = True
+        else:
+            self._wake_failed = False
+
+    def close(self) -> None:
+        for pid in list(self._fds):
+            self._forget(pid)

@@ -1,0 +1,145 @@
+"""The death watch: pidfds of running programs, and supervisord woken at a death."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from navi.deaths import DeathWatch
+from navi.sandbox import program
+from tests.conftest import E2ESandbox, SandboxFactory
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no os.pidfd_open on this platform")
+
+
+class Pipe:
+    """stdin as the listener sees it, and a wake that writes to it."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        self.wakes = 0
+        self.fail = fail
+
+    def wake(self) -> None:
+        self.wakes += 1
+        os.write(self.write_fd, b"x")  # as supervisord sends the event once woken
+        if self.fail:
+            raise ConnectionRefusedError("refused")
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+@pytest.fixture
+def pipe() -> Iterator[Pipe]:
+    p = Pipe()
+    yield p
+    p.close()
+
+
+def test_a_death_wakes_supervisord_once(pipe: Pipe) -> None:
+    child = subprocess.Popen(["sleep", "60"])
+    watch = DeathWatch(pipe.wake)
+    watch.watch([child.pid])
+    child.kill()
+    child.wait()  # reaped: the pidfd still reports the death
+    watch.wait_for_input(pipe.read_fd)
+    assert pipe.wakes == 1
+    watch.watch([])  # forgotten already; nothing left open
+    assert not _pidfds()
+
+
+def test_only_the_running_are_watched(pipe: Pipe) -> None:
+    children = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+    watch = DeathWatch(pipe.wake)
+    try:
+        watch.watch(c.pid for c in children)
+        assert sorted(_pidfds().values()) == sorted(c.pid for c in children)
+        watch.watch([children[0].pid])
+        assert list(_pidfds().values()) == [children[0].pid]
+    finally:
+        watch.close()
+        for c in children:
+            c.kill()
+            c.wait()
+    assert pipe.wakes == 0 and not _pidfds()
+
+
+def test_a_program_dead_before_it_is_watched_wakes_at_once(pipe: Pipe) -> None:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    watch = DeathWatch(pipe.wake)
+    watch.watch([child.pid])  # ESRCH: its event is due
+    assert pipe.wakes == 1
+
+
+def test_a_failed_wake_is_said_once_and_input_still_comes(caplog: pytest.LogCaptureFixture) -> None:
+    pipe = Pipe(fail=True)
+    try:
+        watch = DeathWatch(pipe.wake)
+        for _ in range(2):
+            child = subprocess.Popen(["true"])
+            watch.watch([child.pid])
+            child.wait()
+            watch.wait_for_input(pipe.read_fd)
+            os.read(pipe.read_fd, 10)
+        assert pipe.wakes == 2
+        assert [r.message for r in caplog.records if "cannot wake" in r.message] == [
+            "cannot wake supervisord (refused): this death is reported at its pace"]
+    finally:
+        pipe.close()
+
+
+def test_without_a_wake_nothing_is_watched(pipe: Pipe) -> None:
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        watch = DeathWatch(None)
+        watch.watch([child.pid])
+        assert not _pidfds()
+        os.write(pipe.write_fd, b"x")
+        watch.wait_for_input(pipe.read_fd)  # still the way stdin is read
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _pidfds(pid: Optional[int] = None) -> dict[int, int]:
+    """fd -> pid of the pidfds process ``pid`` (default: this one) holds."""
+    fds = {}
+    base = f"/proc/{pid or os.getpid()}"
+    for fd in os.listdir(f"{base}/fdinfo"):
+        try:
+            info = Path(f"{base}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        line = next((x for x in info.splitlines() if x.startswith("Pid:")), None)
+        if line is not None and "anon_inode:[pidfd]" in os.readlink(f"{base}/fd/{fd}"):
+            fds[int(fd)] = int(line.split()[1])
+    return fds
+
+
+def test_navi_under_supervisord_watches_each_running_program(sandbox: SandboxFactory) -> None:
+    """Programs running before Navi (its restart) and after: each has a
+    pidfd in Navi; a dead one is replaced by its successor's."""
+    box: E2ESandbox = sandbox(program("web", "sleep 600") + program("worker", "sleep 600", autorestart="true"))
+    box.wait_states({"web": "RUNNING", "worker": "RUNNING"})
+    box.ctl("restart", "navi")
+    box.wait_states({"navi": "RUNNING"})
+
+    def watched() -> Optional[list[int]]:
+        fds = sorted(_pidfds(box.pid("navi")).values())
+        return fds if fds == sorted([box.pid("web"), box.pid("worker")]) else None
+
+    box.wait_for(watched, 10, "pidfds of web and worker in navi")
+    old = box.pid("worker")
+    os.kill(old, 9)
+    box.wait_for(lambda: box.pid("worker") not in (0, old) or None, 20, "worker restarted")
+    box.wait_for(watched, 10, "pidfds of web and the new worker")
+    assert [n["type"] for n in box.check_files()] == ["crash"]
+    box.check_healthy(navi_starts=2)
