@@ -37,12 +37,13 @@ class DeathWatch:
         wanted = set(pids)
         for pid in [p for p in self._fds if p not in wanted]:
             self._forget(pid)
+        dead = False
         for pid in wanted.difference(self._fds):
             try:
                 fd = os.pidfd_open(pid)
             except OSError as e:
                 if e.errno == errno.ESRCH:  # dead already: its event is due
-                    self._wake_supervisord()
+                    dead = True
                     continue
                 log.warning("cannot watch pid %d (%s): its death is reported at supervisord's pace; "
                             "no more deaths are watched", pid, e.strerror)
@@ -51,6 +52,8 @@ class DeathWatch:
             self._fds[pid] = fd
             self._pids[fd] = pid
             self._poll.register(fd, select.POLLIN)
+        if dead:
+            self._wake_supervisord()
 
     def wait_for_input(self, fd: int) -> None:
         """Block until ``fd`` is readable (or closed), handling deaths meanwhile."""
@@ -58,8 +61,10 @@ class DeathWatch:
         try:
             while True:
                 ready = [f for f, _ in self._poll.poll()]
-                for dead in (f for f in ready if f in self._pids):
-                    self._forget(self._pids[dead])
+                dead = [self._pids[f] for f in ready if f in self._pids]
+                for pid in dead:
+                    self._forget(pid)
+                if dead:  # one wake for all: supervisord reaps every dead child in one pass
                     self._wake_supervisord()
                 if fd in ready:
                     return

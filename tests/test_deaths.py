@@ -55,6 +55,19 @@ def test_a_death_wakes_supervisord_once(pipe: Pipe) -> None:
     assert not _pidfds()
 
 
+def test_deaths_together_make_one_wake(pipe: Pipe) -> None:
+    """supervisord reaps all its dead children in one pass: a burst of
+    deaths is one call, not one each (200 calls took 25 s in a burst)."""
+    children = [subprocess.Popen(["sleep", "60"]) for _ in range(5)]
+    watch = DeathWatch(pipe.wake)
+    watch.watch(c.pid for c in children)
+    for c in children:
+        c.kill()
+        c.wait()
+    watch.wait_for_input(pipe.read_fd)
+    assert pipe.wakes == 1 and not _pidfds()
+
+
 def test_only_the_running_are_watched(pipe: Pipe) -> None:
     children = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
     watch = DeathWatch(pipe.wake)

@@ -1,0 +1,28 @@
+"""The floor: a supervisord event listener with nothing but the standard
+library, that acknowledges every event and, given a file, appends the time
+it received each PROCESS_STATE_EXITED event."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def main() -> None:
+    record = open(sys.argv[1], "a", buffering=1) if len(sys.argv) > 1 else None  # noqa: SIM115
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        stdout.write(b"READY\n")
+        stdout.flush()
+        line = stdin.readline()
+        if not line:
+            return
+        header = dict(token.split(b":", 1) for token in line.split())
+        payload = stdin.read(int(header[b"len"]))
+        if record is not None and header[b"eventname"] == b"PROCESS_STATE_EXITED":
+            record.write(f"{time.time()!r} {payload.decode(errors='replace')}\n")
+        stdout.write(b"RESULT 2\nOK")
+
+
+if __name__ == "__main__":
+    main()
