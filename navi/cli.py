@@ -99,10 +99,76 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the JSON Schema of the notification format (also in the package, as "
         "navi/notification.schema.json).",
     )
+    _fake_parser(commands)
     return parser
 
 
+# ---- navi fake ---------------------------------------------------------------
+
+
+def _fake_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fake = commands.add_parser(
+        "fake",
+        help="drive a listener as supervisord does, without supervisord (for tests); record real events",
+        description="Play a scenario to an eventlistener exactly as supervisord would, or record a real "
+        "supervisord's events for replay.",
+    )
+    actions = fake.add_subparsers(dest="fake_command", required=True)
+    play = actions.add_parser(
+        "play",
+        help="play a scenario to `navi listen` (or LISTENER) and check its side of the protocol",
+        usage="navi fake play [--scenario FILE] [--dir DIR] [--cgroup {1,2}] [--quiet] [WORDS...] "
+        "[-- LISTENER...]",
+        description="Play WORDS (e.g. 'web crashes with code 3, worker is OOM-killed') or a scenario file to "
+        "`navi listen` on a fake cgroup tree and supervisord log, or to the LISTENER command given after --. "
+        "Prints one line per event and the notifications written; exits 1 on a protocol violation.",
+    )
+    play.add_argument("--scenario", metavar="FILE", help="a scenario file, or a recording of `navi fake record`")
+    play.add_argument("--dir", metavar="DIR", help="make the fake files here and keep them (default: a temp dir)")
+    play.add_argument("--cgroup", type=int, choices=(1, 2), default=2, help="cgroup version to fake (default: 2)")
+    play.add_argument("--quiet", action="store_true", help="no line per event, only the summary")
+    play.add_argument("words", nargs="*", help="sentences apart by ',' or 'then'")
+    record = actions.add_parser(
+        "record",
+        help="run as an [eventlistener:x] that acknowledges every event and appends it to FILE",
+        description="An eventlistener for supervisord: acknowledges every event and appends it, with the "
+        "log lines and OOM kills before it, to FILE (JSON lines), for `navi fake play --scenario FILE`.",
+    )
+    record.add_argument("file", metavar="FILE")
+    record.add_argument("--supervisord-log", metavar="FILE", default=_env("NAVI_SUPERVISORD_LOG", None),
+                        help="read supervisord's main log from this file instead of over SUPERVISOR_SERVER_URL")
+    record.add_argument("--cgroup-root", metavar="DIR", default=_env("NAVI_CGROUP_ROOT", "/sys/fs/cgroup"),
+                        help="where cgroup filesystems are mounted, for the OOM kill counter [NAVI_CGROUP_ROOT]")
+    record.add_argument("--proc-root", metavar="DIR", default=_env("NAVI_PROC_ROOT", "/proc"),
+                        help="where procfs is mounted [NAVI_PROC_ROOT]")
+
+
+def _fake(args: argparse.Namespace, listener: list[str]) -> int:
+    if args.fake_command == "record":
+        protocol_fd = take_stdout()
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="navi: %(levelname)s: %(message)s")
+        from navi.record import record
+
+        return record(args.file, protocol_fd, args.supervisord_log, os.environ.get("SUPERVISOR_SERVER_URL"),
+                      args.proc_root, args.cgroup_root)
+    from navi.play import command
+
+    return command(args.scenario, args.words, args.dir, args.cgroup, listener, args.quiet)
+
+
+def _split_listener(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``navi fake play ... -- LISTENER...``: the listener's words are its own."""
+    if argv[:2] == ["fake", "play"] and "--" in argv:
+        at = argv.index("--")
+        return argv[:at], argv[at + 1 :]
+    return argv, []
+
+
+# ------------------------------------------------------------------------------
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv, listener = _split_listener(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.command == "listen":
         protocol_fd = take_stdout()
@@ -129,6 +195,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         sys.stdout.write(schema_text())
         return 0
+    if args.command == "fake":
+        return _fake(args, listener)
     return 2
 
 

@@ -148,8 +148,8 @@ class Sandbox:
         for src in shipped_config_dir().glob("*.conf"):
             text = render(src.read_text(), self.mnt, user)
             if self.navi_command:
-                command = self.navi_command.replace("{mnt}", str(self.mnt))
-                text = re.sub(r"(?m)^command=navi listen$", lambda _: f"command={command}", text)
+                command = "command=" + self.navi_command.replace("{mnt}", str(self.mnt))
+                text = text.replace("\ncommand=navi listen\n", f"\n{command}\n")
             (self.conf.parent / src.name).write_text(text)
         self.env = dict(os.environ)
         for name in ("SUPERVISOR_SERVER_URL", "SUPERVISOR_PROCESS_NAME", "SUPERVISOR_GROUP_NAME"):

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from navi.fake import envelope_text
 from navi.protocol import (
     CLOSED,
     MAX_HEADER_BYTES,
@@ -23,11 +24,7 @@ from navi.protocol import (
 
 def envelope(eventname: str, payload: str, serial: int = 1, pool: str = "navi") -> bytes:
     """An event exactly as supervisor 4 writes it: len counts characters."""
-    header = (
-        f"ver:3.0 server:supervisor serial:{serial} pool:{pool} poolserial:{serial} "
-        f"eventname:{eventname} len:{len(payload)}\n"
-    )
-    return (header + payload).encode("utf-8")
+    return envelope_text(eventname, payload, serial, serial, pool).encode("utf-8")
 
 
 Result = Union[Event, BadInput]
