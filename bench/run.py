@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import latency, supervised
+from bench import fakestream, latency, supervised
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -70,6 +70,40 @@ def main() -> None:
                 ratio = results["latency_ms"][f"{other}/{how}"]["median"] / navi["median"]
                 results["latency_ms"][f"ratio {other}/navi {how} (median)"] = ratio
                 lines.append(f"  navi reports {ratio:.0f}x sooner than {other} (median, {how})")
+
+    # 2. Footprint over a fake stream.
+    results["footprint_mb"] = {}
+    runs = 1 if args.quick else 3
+    for listener in fakestream.listeners():
+        print(f"footprint: {listener.name}, {runs} x 10,000 events ...", flush=True)
+        samples = [fakestream.footprint(listener, 10_000, 1_000, 100) for _ in range(runs)]
+        broken = sorted({v for _, violations in samples for v in violations})
+        figures = {key: summary([getattr(m, key) for m, _ in samples])
+                   for key in ("idle_mb", "first_thousand_mb", "last_mb", "peak_mb")}
+        results["footprint_mb"][listener.name] = {**figures, "violations": broken}
+        lines.append(row(f"idle RSS: {listener.name}", "MB", figures["idle_mb"]))
+        growth = figures["last_mb"]["median"] - figures["first_thousand_mb"]["median"]
+        lines.append(row(f"peak RSS, 10k events: {listener.name}", "MB", figures["peak_mb"],
+                         f"growth after event 1,000: {growth:+.2f} MB" + (f"; PROTOCOL: {broken}" if broken else "")))
+    fp = results["footprint_mb"]
+    if "crashmail" in fp:
+        ratio = fp["navi"]["peak_mb"]["median"] / fp["crashmail"]["peak_mb"]["median"]
+        fp["ratio navi/crashmail peak (median)"] = ratio
+        lines.append(f"  navi's peak is {ratio:.2f} x crashmail's")
+
+    # 3. Throughput over a fake stream.
+    results["throughput_events_per_s"] = {}
+    streams = {"routine": fakestream.routine(10_000), "crashes": fakestream.crashes(1_000)}
+    for kind, steps in streams.items():
+        for listener in fakestream.listeners()[:2]:  # navi, minimal
+            print(f"throughput: {listener.name}, {kind} ...", flush=True)
+            rates = [fakestream.throughput(listener, steps)[0] for _ in range(runs)]
+            results["throughput_events_per_s"][f"{listener.name}/{kind}"] = summary(rates)
+            lines.append(row(f"throughput {kind}: {listener.name}", "ev/s", summary(rates)))
+        tp = results["throughput_events_per_s"]
+        ratio = tp[f"navi/{kind}"]["median"] / tp[f"minimal/{kind}"]["median"]
+        tp[f"ratio navi/minimal {kind} (median)"] = ratio
+        lines.append(f"  navi runs at {ratio:.2f} x the minimal listener's rate ({kind})")
 
     # 4. Start-up.
     print("start-up ...", flush=True)

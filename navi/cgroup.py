@@ -94,7 +94,12 @@ def parse_mountinfo(text: str) -> list[Mount]:
 def parse_flat_keyed(text: str) -> dict[str, int]:
     """memory.events/stat/oom_control lines "key value"; odd lines skipped (new keys come)."""
     pairs = (line.split() for line in text.split("\n"))
-    return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and re.fullmatch(r"-?[0-9]+", p[1])}
+    return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and _is_int(p[1])}
+
+
+def _is_int(text: str) -> bool:
+    digits = text[1:] if text.startswith("-") else text
+    return digits.isascii() and digits.isdigit()
 
 
 def parse_limit(text: str, version: int) -> Optional[int]:

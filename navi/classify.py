@@ -124,7 +124,7 @@ class Classifier:
     def decide(self, event: Event, evidence: Evidence) -> Optional[Notification]:
         """The notification for an event, if any."""
         rise, counter_problem = self._count(evidence.observed_at, evidence.oom_kill)
-        self._track(event)
+        self.track(event)
         incident = triage(event, self.origin)
         if incident is None:
             if event.name.startswith("TICK_"):
@@ -219,7 +219,8 @@ class Classifier:
         if group != self.origin.own_group and pid > 0:
             self.running[(group, name)] = pid
 
-    def _track(self, event: Event) -> None:
+    def track(self, event: Event) -> None:
+        """Which programs run (their pids, to watch and sample), from any event."""
         fields = event.fields
         key = (fields.get("groupname", ""), fields.get("processname", ""))
         if event.name == "PROCESS_STATE_RUNNING" and fields.get("pid", "").isdigit():

@@ -147,6 +147,12 @@ class Listener:
         # len counts characters on supervisor 4 (it is computed on a str and
         # written as UTF-8), so count decoded characters, not bytes; an
         # invalid byte counts as one character.
+        if not self._chars and self._need <= min(len(self._buffer), self._max_payload):
+            head = self._buffer[: self._need]
+            if head.isascii():  # the usual case, where a character is a byte: no decoder needed
+                del self._buffer[: self._need]
+                self._chars.append(head.decode("ascii"))
+                self._need = 0
         if self._need and self._buffer:
             text = self._decoder.decode(bytes(self._buffer))
             self._buffer.clear()
