@@ -6,9 +6,12 @@ import argparse
 import logging
 import os
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from navi import __version__
+
+if TYPE_CHECKING:
+    from navi.listener import Settings
 
 # About 3 KB a notification: 10,000 of them is 30 MB of a 2 GB volume.
 MAX_FILES = 10000
@@ -38,6 +41,63 @@ def _env(name: str, default: Optional[str]) -> Optional[str]:
     return os.environ.get(name) or default
 
 
+def _listener_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``navi listen``; ``navi doctor`` takes the same, so
+    that it checks what the listener would use."""
+    parser.add_argument(
+        "--notifications-dir", metavar="DIR", default=_env("NAVI_NOTIFICATIONS_DIR", "/mnt/notifications"),
+        help="where notification files go [NAVI_NOTIFICATIONS_DIR] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cgroup-root", metavar="DIR", default=_env("NAVI_CGROUP_ROOT", "/sys/fs/cgroup"),
+        help="where cgroup filesystems are mounted [NAVI_CGROUP_ROOT] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--proc-root", metavar="DIR", default=_env("NAVI_PROC_ROOT", "/proc"),
+        help="where procfs is mounted [NAVI_PROC_ROOT] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--supervisor-url", metavar="URL",
+        default=_env("NAVI_SUPERVISOR_URL", os.environ.get("SUPERVISOR_SERVER_URL")),
+        help="supervisord's XML-RPC, to read its main log [NAVI_SUPERVISOR_URL] "
+        "(default: SUPERVISOR_SERVER_URL, which supervisord sets: %(default)s)",
+    )
+    parser.add_argument(
+        "--supervisord-log", metavar="FILE", default=_env("NAVI_SUPERVISORD_LOG", None),
+        help="read supervisord's main log from this file instead of over XML-RPC [NAVI_SUPERVISORD_LOG]",
+    )
+    parser.add_argument(
+        "--max-files", metavar="N", default=_env("NAVI_MAX_FILES", str(MAX_FILES)),
+        help="hold new notifications back (counted, written later) while the directory holds N "
+        "[NAVI_MAX_FILES] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-bytes", metavar="N", default=_env("NAVI_MAX_BYTES", str(MAX_BYTES)),
+        help="likewise for their total size in bytes [NAVI_MAX_BYTES] (default: %(default)s, "
+        "on a volume of 2 GB shared with the application)",
+    )
+    parser.add_argument(
+        "--original-dir", metavar="DIR", default=_env("NAVI_ORIGINAL_DIR", None),
+        help="also write each incident's event in the original Navi's format (<unix seconds>.json with Header, "
+        "Metadata, Payload, ReceivedAt) into DIR, for consumers not yet moved over [NAVI_ORIGINAL_DIR]",
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from navi.listener import Settings
+
+    return Settings(
+        notifications_dir=args.notifications_dir,
+        cgroup_root=args.cgroup_root,
+        proc_root=args.proc_root,
+        supervisor_url=args.supervisor_url,
+        supervisord_log=args.supervisord_log,
+        max_files=_count(args.max_files, "--max-files", MAX_FILES),
+        max_bytes=_count(args.max_bytes, "--max-bytes", MAX_BYTES),
+        original_dir=args.original_dir,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="navi", description=__doc__)
     parser.add_argument("--version", action="version", version=f"navi {__version__}")
@@ -48,43 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Read supervisord events on stdin; write one JSON file per crash, OOM kill or FATAL. "
         "Each option also reads the environment variable in brackets.",
     )
-    listen.add_argument(
-        "--notifications-dir", metavar="DIR", default=_env("NAVI_NOTIFICATIONS_DIR", "/mnt/notifications"),
-        help="where notification files go [NAVI_NOTIFICATIONS_DIR] (default: %(default)s)",
-    )
-    listen.add_argument(
-        "--cgroup-root", metavar="DIR", default=_env("NAVI_CGROUP_ROOT", "/sys/fs/cgroup"),
-        help="where cgroup filesystems are mounted [NAVI_CGROUP_ROOT] (default: %(default)s)",
-    )
-    listen.add_argument(
-        "--proc-root", metavar="DIR", default=_env("NAVI_PROC_ROOT", "/proc"),
-        help="where procfs is mounted [NAVI_PROC_ROOT] (default: %(default)s)",
-    )
-    listen.add_argument(
-        "--supervisor-url", metavar="URL",
-        default=_env("NAVI_SUPERVISOR_URL", os.environ.get("SUPERVISOR_SERVER_URL")),
-        help="supervisord's XML-RPC, to read its main log [NAVI_SUPERVISOR_URL] "
-        "(default: SUPERVISOR_SERVER_URL, which supervisord sets: %(default)s)",
-    )
-    listen.add_argument(
-        "--supervisord-log", metavar="FILE", default=_env("NAVI_SUPERVISORD_LOG", None),
-        help="read supervisord's main log from this file instead of over XML-RPC [NAVI_SUPERVISORD_LOG]",
-    )
-    listen.add_argument(
-        "--max-files", metavar="N", default=_env("NAVI_MAX_FILES", str(MAX_FILES)),
-        help="hold new notifications back (counted, written later) while the directory holds N "
-        "[NAVI_MAX_FILES] (default: %(default)s)",
-    )
-    listen.add_argument(
-        "--max-bytes", metavar="N", default=_env("NAVI_MAX_BYTES", str(MAX_BYTES)),
-        help="likewise for their total size in bytes [NAVI_MAX_BYTES] (default: %(default)s, "
-        "on a volume of 2 GB shared with the application)",
-    )
-    listen.add_argument(
-        "--original-dir", metavar="DIR", default=_env("NAVI_ORIGINAL_DIR", None),
-        help="also write each incident's event in the original Navi's format (<unix seconds>.json with Header, "
-        "Metadata, Payload, ReceivedAt) into DIR, for consumers not yet moved over [NAVI_ORIGINAL_DIR]",
-    )
+    _listener_options(listen)
     demo = commands.add_parser(
         "demo",
         help="show Navi at work under real supervisord, in a temporary /mnt",
@@ -100,6 +124,17 @@ def _parser() -> argparse.ArgumentParser:
         "navi/notification.schema.json).",
     )
     _fake_parser(commands)
+    # navi doctor
+    doctor = commands.add_parser(
+        "doctor",
+        help="say what Navi sees here, and what would make a notification wrong or missing",
+        description="Check, with the options navi listen would use, supervisord and Navi's listener, "
+        "supervisord's main log, the notifications directory (a small dot-file probe is written there and "
+        "removed) and its filesystem, and the memory cgroup. Exits 1 when Navi could not do its job. Run it "
+        "where Navi runs, as its user (in a container: exec navi doctor). Without a supervisor URL it asks the "
+        "shipped configuration's socket, unix:///mnt/home/supervisor.sock.",
+    )
+    _listener_options(doctor)
     return parser
 
 
@@ -173,19 +208,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "listen":
         protocol_fd = take_stdout()
         logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="navi: %(levelname)s: %(message)s")
-        from navi.listener import Settings, listen
+        from navi.listener import listen
 
-        settings = Settings(
-            notifications_dir=args.notifications_dir,
-            cgroup_root=args.cgroup_root,
-            proc_root=args.proc_root,
-            supervisor_url=args.supervisor_url,
-            supervisord_log=args.supervisord_log,
-            max_files=_count(args.max_files, "--max-files", MAX_FILES),
-            max_bytes=_count(args.max_bytes, "--max-bytes", MAX_BYTES),
-            original_dir=args.original_dir,
-        )
-        return listen(settings, protocol_fd)
+        return listen(_settings(args), protocol_fd)
     if args.command == "demo":
         from navi import demo as demo_module
 
@@ -197,6 +222,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if args.command == "fake":
         return _fake(args, listener)
+    if args.command == "doctor":
+        from navi import doctor
+
+        return doctor.main(_settings(args))
     return 2
 
 

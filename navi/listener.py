@@ -105,7 +105,10 @@ class Shell:
         url = settings.supervisor_url
         self.deaths = DeathWatch((lambda: rpc.call(url, "supervisor.getState", timeout=WAKE_TIMEOUT)) if url else None)
         self._running_now()
-        self._rehearse()
+        try:
+            self._rehearse()
+        except Exception as e:  # the real incidents may still go through
+            log.error("rehearsing an incident failed (%s: %s): please report this", type(e).__name__, e)
         if self._log_problem:
             log.error("%s; exit statuses will be null until it can be read", self._log_problem)
         log.info(
@@ -144,7 +147,8 @@ class Shell:
             record = parse_exit(f"exited: rehearsal ({how}; not expected)")
             event = Event({"serial": str(serial), "eventname": "PROCESS_STATE_EXITED"},
                           "processname:rehearsal groupname:rehearsal from_state:RUNNING expected:0 pid:1")
-            n = classifier.decide(event, Evidence(observed_at=now, exit=record, oom_kill=kills, memory=memory))
+            evidence = Evidence(observed_at=now, exit=record, oom_kill=kills if memory else None, memory=memory)
+            n = classifier.decide(event, evidence)
             if n is not None:
                 coalescer.failed(n, "rehearsal", now)
                 decode(Notification, n.to_json())
