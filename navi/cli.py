@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Optional
 
-from navi import __version__
+from navi import __version__, consumer_cli
 
 # About 3 KB a notification: 10,000 of them is 30 MB of a 2 GB volume.
 MAX_FILES = 10000
@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the JSON Schema of the notification format (also in the package, as "
         "navi/notification.schema.json).",
     )
+    # The polling side: navi ls / show / watch / ack.
+    consumer_cli.add_parsers(commands)
     return parser
 
 
@@ -123,6 +125,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         sys.stdout.write(schema_text())
         return 0
+    if args.command in consumer_cli.COMMANDS:
+        return consumer_cli.main(args)
     return 2
 
 
