@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import pytest
 
@@ -51,10 +51,10 @@ def watch(patterns: list[str], use_inotify: Any, **kwargs: Any) -> Watch:
 class Collector:
     """Runs a Watch in a thread and keeps what it gives."""
 
-    def __init__(self, w: Watch) -> None:
+    def __init__(self, w: Watch, cond: Optional[threading.Condition] = None) -> None:
         self.watch = w
         self.items: list[Item] = []
-        self.cond = threading.Condition()
+        self.cond = cond or threading.Condition()  # shared, to wait on several
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -164,8 +164,9 @@ def test_claiming_watchers_side_by_side_give_each_notification_once(
 ) -> None:
     d = tmp_path / "notifications"
     d.mkdir()
+    shared = threading.Condition()
     for _ in range(2):
-        collectors.append(Collector(watch([str(d)], use_inotify, claim=True)))
+        collectors.append(Collector(watch([str(d)], use_inotify, claim=True), shared))
     serials = list(range(1, 121))
     writer = threading.Thread(target=publish, args=(d, *serials))
     writer.start()
