@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Optional
 
-from navi import __version__
+from navi import __version__, consumer_cli
 
 if TYPE_CHECKING:
     from navi.listener import Settings
@@ -135,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
         "shipped configuration's socket, unix:///mnt/home/supervisor.sock.",
     )
     _listener_options(doctor)
+    # The polling side: navi ls / show / watch / ack.
+    consumer_cli.add_parsers(commands)
     return parser
 
 
@@ -226,6 +228,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         from navi import doctor
 
         return doctor.main(_settings(args))
+    if args.command in consumer_cli.COMMANDS:
+        return consumer_cli.main(args)
     return 2
 
 

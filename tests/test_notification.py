@@ -76,3 +76,15 @@ def test_the_schema_file_is_the_models() -> None:
     together (and the version, if a consumer could break)."""
     shipped = resources.files("navi").joinpath("notification.schema.json").read_text()
     assert shipped == schema.schema_text(), "regenerate: navi schema > navi/notification.schema.json"
+
+
+def test_every_key_is_documented_with_an_example() -> None:
+    """Each key has a description in the schema, and each that is not an
+    object of its own (documented key by key) an example."""
+    published = schema.json_schema()
+    objects = [("Notification", published), *published["$defs"].items()]
+    for where, definition in objects:
+        for key, prop in definition["properties"].items():
+            assert prop.get("description"), f"{where}.{key} has no description"
+            if "$ref" not in json.dumps(prop):
+                assert prop.get("examples"), f"{where}.{key} has no example"

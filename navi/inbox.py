@@ -1,0 +1,207 @@
+"""What an entry in a notifications directory is, in which order to take the
+entries, and under which names to claim them (pure: names, stat results and
+bytes in; verdicts out).
+
+The directory is shared with the application, which runs as Navi's user:
+anything in it may have been planted.  Navi itself only ever publishes
+whole, regular ``*.json`` files with one link, by ``link()`` (so a name it
+published never changes), and writes dot-names for everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Union
+
+from navi.notification import Notification
+from navi.schema import InvalidNotification, parse
+
+# Notifications are a few KB; read no more of a planted file than this.
+MAX_SIZE = 1 << 20
+# Navi links its temporary file to the final name, then unlinks the
+# temporary: for that moment the file has two links.  Longer than this, the
+# second link is someone else's.
+LINK_GRACE = 10.0
+
+
+class Kind(Enum):
+    FILE = "regular file"
+    SYMLINK = "symbolic link (never followed)"
+    DIRECTORY = "directory"
+    FIFO = "FIFO"
+    SOCKET = "socket"
+    DEVICE = "device node (never opened)"
+    OTHER = "file of an unknown kind"
+
+
+def kind_of(mode: int) -> Kind:
+    """The kind of file an ``st_mode`` says."""
+    for test, kind in (
+        (stat.S_ISREG, Kind.FILE),
+        (stat.S_ISLNK, Kind.SYMLINK),
+        (stat.S_ISDIR, Kind.DIRECTORY),
+        (stat.S_ISFIFO, Kind.FIFO),
+        (stat.S_ISSOCK, Kind.SOCKET),
+        (stat.S_ISCHR, Kind.DEVICE),
+        (stat.S_ISBLK, Kind.DEVICE),
+    ):
+        if test(mode):
+            return kind
+    return Kind.OTHER
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A directory entry as ``lstat`` (or ``fstat`` of what was opened) saw it."""
+
+    name: str
+    kind: Kind
+    size: int
+    links: int
+    changed: float  # st_ctime: when the inode last changed (a link, a rename, a write)
+
+
+@dataclass(frozen=True)
+class Ignore:
+    """Not a notification's name: a dot-name (Navi's temporary and state
+    files, a consumer's own directories) or not ``*.json``.  Left alone."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Not settled yet: look again shortly."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Not a notification, and why (one line)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Open:
+    """Worth opening: read at most ``MAX_SIZE + 1`` bytes and :func:`judge` them."""
+
+
+@dataclass(frozen=True)
+class Accept:
+    notification: Notification
+    document: dict[str, Any]  # the file's object as written, keys this reader does not know included
+
+
+Look = Union[Ignore, Wait, Reject, Open]
+Verdict = Union[Accept, Reject]
+
+
+def by_name(name: str) -> Union[Ignore, None]:
+    if name.startswith("."):
+        return Ignore("a dot-name: a temporary or state file")
+    if not name.endswith(".json"):
+        return Ignore("not a .json name")
+    return None
+
+
+def printable(name: str) -> bool:
+    """Plain UTF-8 with no control or formatting characters (names Navi
+    writes are ASCII), so that no output is garbled or spoofed by it."""
+    return name.isprintable()
+
+
+def shown(text: str) -> str:
+    """``text`` with anything unprintable escaped, for a person's screen:
+    a hostile file must not move the cursor or fake a line."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _shape(entry: Entry) -> Union[str, None]:
+    if entry.kind is not Kind.FILE:
+        return f"a {entry.kind.value}, not a regular file"
+    if entry.size > MAX_SIZE:
+        return f"{entry.size} bytes, more than any notification (at most {MAX_SIZE})"
+    return None
+
+
+def examine(entry: Entry, now: float) -> Look:
+    """What to do with an entry, from its name and ``lstat`` alone (before
+    anything opens, claims or moves it)."""
+    ignored = by_name(entry.name)
+    if ignored is not None:
+        return ignored
+    if not printable(entry.name):
+        return Reject("its name has unprintable characters (Navi's names are plain ASCII)")
+    problem = _shape(entry)
+    if problem is not None:
+        return Reject(problem)
+    if entry.links > 1:
+        if now - entry.changed < LINK_GRACE:
+            return Wait(f"{entry.links} links: a publication in progress")
+        return Reject(f"{entry.links} hard links (Navi's files have one)")
+    return Open()
+
+
+def judge(opened: Entry, data: bytes, after: Entry) -> Verdict:
+    """Whether what was read is a notification.  ``opened`` is ``fstat`` of
+    the open file before reading, ``after`` the same once read: a file that
+    changed in between is not trusted."""
+    problem = _shape(opened)
+    if problem is not None:
+        return Reject(problem)
+    if opened.links > 1:
+        return Reject(f"{opened.links} hard links (Navi's files have one)")
+    if len(data) > MAX_SIZE:
+        return Reject(f"grew past {MAX_SIZE} bytes while being read")
+    if (after.size, after.changed) != (opened.size, opened.changed) or len(data) != opened.size:
+        return Reject("changed while being read (Navi never writes a published file)")
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return Reject(f"not UTF-8 (byte {e.start})")
+    except (ValueError, RecursionError) as e:
+        return Reject(f"not JSON: {str(e).splitlines()[0][:200]}")
+    if not isinstance(document, dict):
+        return Reject(f"JSON, but a {type(document).__name__}, not an object")
+    try:
+        return Accept(parse(data), document)
+    except InvalidNotification as e:
+        return Reject(f"not a Navi notification: {shown(str(e))[:300]}")
+
+
+_NAVI_NAME = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)-(\d{12})(?:\.(\d+))?\.json$")
+
+
+def order_key(name: str) -> tuple[int, str, int, int, str]:
+    """Sort key: Navi's names in the order of the incidents (supervisord's
+    start, then the event's serial, then a name written beside a taken one),
+    and any other name after them.  Never by mtime, which the application
+    can set."""
+    m = _NAVI_NAME.match(name)
+    if m is None:
+        return (1, "", 0, 0, name)
+    return (0, m.group(1), int(m.group(2)), int(m.group(3) or 0), name)
+
+
+def in_order(names: list[str]) -> list[str]:
+    return sorted(names, key=order_key)
+
+
+def claim_names(name: str, tries: int = 8) -> list[str]:
+    """Names to claim ``name`` under, in order, each tried without replacing
+    anything (a notification delivered again by Navi, after the first copy
+    was claimed, has the same name).  ``~n`` is never a name Navi writes."""
+    stem = name[: -len(".json")] if name.endswith(".json") else name
+    return [name] + [f"{stem}~{n}.json" for n in range(1, tries)]
+
+
+def reason_name(quarantined: str) -> str:
+    """Where the reason for a quarantined entry goes, beside it.  Only
+    ``*.json`` names are ever quarantined, so this never names one."""
+    return f"{quarantined}.reason"
