@@ -17,7 +17,7 @@ from navi import __version__, cgroup, rpc, rss
 from navi.classify import Classifier, Evidence, Incident, Origin, triage
 from navi.coalesce import Coalescer, SavedState
 from navi.deaths import DeathWatch
-from navi.exitlog import ExitLog, ExitRecord, parse_exit
+from navi.exitlog import ExitLog, ExitRecord
 from navi.notification import FormatError, Notification, Original, decode, encode
 from navi.protocol import CLOSED, NEED_DATA, BadInput, Event, Listener
 from navi.spool import Spool, SpoolError, file_name, next_seconds, original_name
@@ -105,10 +105,6 @@ class Shell:
         url = settings.supervisor_url
         self.deaths = DeathWatch((lambda: rpc.call(url, "supervisor.getState", timeout=WAKE_TIMEOUT)) if url else None)
         self._running_now()
-        try:
-            self._rehearse()
-        except Exception as e:  # the real incidents may still go through
-            log.error("rehearsing an incident failed (%s: %s): please report this", type(e).__name__, e)
         if self._log_problem:
             log.error("%s; exit statuses will be null until it can be read", self._log_problem)
         log.info(
@@ -134,26 +130,6 @@ class Shell:
             if isinstance(info, dict) and info.get("statename") == "RUNNING" and isinstance(info.get("pid"), int):
                 self.classifier.note_running(str(info.get("group")), str(info.get("name")), info["pid"])
         self.deaths.watch(self.classifier.running.values())
-
-    def _rehearse(self) -> None:
-        """A crash and an OOM kill through a throwaway classifier and
-        coalescer, and what they give encoded and read back: all an incident
-        needs is loaded and the allocator warmed before the first one, which
-        may come when the container is at its memory limit."""
-        classifier, coalescer = Classifier(self.origin, 0), Coalescer()
-        memory = cgroup.read(self._cgroup) if self._cgroup else None
-        now = datetime.now(timezone.utc)
-        for serial, (how, kills) in enumerate((("exit status 3", 0), ("terminated by SIGKILL", 1))):
-            record = parse_exit(f"exited: rehearsal ({how}; not expected)")
-            event = Event({"serial": str(serial), "eventname": "PROCESS_STATE_EXITED"},
-                          "processname:rehearsal groupname:rehearsal from_state:RUNNING expected:0 pid:1")
-            evidence = Evidence(observed_at=now, exit=record, oom_kill=kills if memory else None, memory=memory)
-            n = classifier.decide(event, evidence)
-            if n is not None:
-                coalescer.failed(n, "rehearsal", now)
-                decode(Notification, n.to_json())
-        decode(SavedState, encode(coalescer.save()))
-        self.exit_log.feed("")
 
     def _open_spool(self) -> None:
         try:

@@ -299,3 +299,33 @@ def test_held_incidents_survive_a_killed_navi(world: FakeWorld) -> None:
     assert [n["count"] for n in found] == [1, 1, 1, 1, 1, 3]
     assert not (world.notifications / ".navi-held.json").exists()
     assert "3 incident(s) held by the previous Navi" in stderr(world)
+
+
+def test_an_incident_loads_no_module(world: FakeWorld) -> None:
+    """All an incident needs is loaded before it: a container at its
+    memory limit is the worst moment to import."""
+    script = (
+        "import sys, json\n"
+        "from navi.listener import Shell, Settings\n"
+        "from navi.protocol import Event\n"
+        "env = json.loads(sys.argv[1])\n"
+        "shell = Shell(Settings(env['NAVI_NOTIFICATIONS_DIR'], env['NAVI_CGROUP_ROOT'], env['NAVI_PROC_ROOT'],\n"
+        "                       None, env['NAVI_SUPERVISORD_LOG'], 100, 1 << 20))\n"
+        "before = set(sys.modules)\n"
+        "for serial, pid in ((1, 100), (2, 101)):\n"
+        "    if pid == 101:  # the kernel counts the kill before the death\n"
+        "        text = open(sys.argv[2]).read()\n"
+        "        open(sys.argv[2], 'w').write(text.replace('oom_kill 0', 'oom_kill 1'))\n"
+        "    payload = f'processname:web groupname:web from_state:RUNNING expected:0 pid:{pid}'\n"
+        "    shell.handle(Event({'serial': str(serial), 'eventname': 'PROCESS_STATE_EXITED'}, payload))\n"
+        "shell.handle(Event({'serial': '3', 'eventname': 'TICK_5'}, 'when:1'))\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    die(world, "web", 100, "exit status 3")
+    die(world, "web", 101, "terminated by SIGKILL")
+    events = world.cgroup_dir / "memory.events"
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(world.env()), str(events)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[]\n"
+    assert [n["type"] for n in notifications(world)] == ["crash", "oom"], notifications(world)[1]["notes"]
