@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from navi.sandbox import Sandbox, Unavailable, memory_cgroup, program
 
@@ -131,9 +131,9 @@ def check(box: Sandbox, new: set[str], name: str, how: str) -> list[str]:
     return problems
 
 
-def wait(ready: object, timeout: float, poll: float = 0.01) -> None:
+def wait(ready: Callable[[], object], timeout: float, poll: float = 0.01) -> None:
     deadline = time.monotonic() + timeout
-    while not ready():  # type: ignore[operator]
+    while not ready():
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout} s")
         time.sleep(poll)
