@@ -233,9 +233,9 @@ class Inbox:
         except OSError:
             return None
 
-    def look(self, name: str) -> Optional[Result]:
-        """Read ``name`` and say what it is; changes nothing.  None: not a
-        notification's name, or gone."""
+    def _examine(self, name: str) -> Optional[Union[Pending, core.Reject, Open]]:
+        """What the entry ``name`` is, from its stat alone: None when it is not
+        a notification's name, or gone."""
         st = self.lstat(name)
         if st is None:
             return None
@@ -244,6 +244,14 @@ class Inbox:
             return None
         if isinstance(seen, Wait):
             return Pending(self.directory, name, seen.why)
+        return seen
+
+    def look(self, name: str) -> Optional[Result]:
+        """Read ``name`` and say what it is; changes nothing.  None: not a
+        notification's name, or gone."""
+        seen = self._examine(name)
+        if seen is None or isinstance(seen, Pending):
+            return seen
         if not isinstance(seen, Open):
             return Problem(self.directory, name, seen.reason)
         verdict = _read(self._fd, name)
@@ -268,14 +276,9 @@ class Inbox:
         the application cannot change it any more.  None: not a
         notification's name, or gone (another consumer claimed it first).
         A claimed entry that is not a notification is quarantined."""
-        st = self.lstat(name)
-        if st is None:
-            return None
-        seen = core.examine(entry_of(name, st), time.time())
-        if isinstance(seen, Ignore):
-            return None
-        if isinstance(seen, Wait):
-            return Pending(self.directory, name, seen.why)
+        seen = self._examine(name)
+        if seen is None or isinstance(seen, Pending):
+            return seen
         claim_fd = self._claim_directory()
         try:
             claimed = _move(self._fd, name, claim_fd)
