@@ -107,9 +107,10 @@ def _mib(n: Optional[int]) -> str:
 
 
 class Classifier:
-    def __init__(self, origin: Origin, oom_baseline: Optional[int]) -> None:
+    def __init__(self, origin: Origin, oom_baseline: Optional[int], oom_window: timedelta = OOM_WINDOW) -> None:
         self.origin = origin
         self.oom_baseline = oom_baseline
+        self.oom_window = oom_window
         # OOM kills counted but not yet tied to a death: when each was seen.
         self._kills: deque[datetime] = deque(maxlen=MAX_PENDING_KILLS)
         # The last exit of each program, for the FATAL that may follow.
@@ -192,7 +193,7 @@ class Classifier:
         event), or they have waited too long."""
         now = evidence.observed_at
         due = 0
-        while self._kills and (evidence.exits_waiting == 0 or now - self._kills[0] > OOM_WINDOW):
+        while self._kills and (evidence.exits_waiting == 0 or now - self._kills[0] > self.oom_window):
             self._kills.popleft()
             due += 1
         if not due:

@@ -18,11 +18,26 @@ MAX_FILES = 10000
 MAX_BYTES = 64 << 20
 
 
+# The rate limit of each program and type, and the OOM window (seconds).
+BURST, PACE, QUIET, OOM_WINDOW = 5, 60.0, 10.0, 10.0
+
+
 def _count(value: str, option: str, default: int) -> int:
     """A bad value must not stop the listener: say so in one line, use the default."""
     if value.isdigit() and int(value) > 0:
         return int(value)
     logging.getLogger("navi").error("%s %r is not a positive whole number; using %d", option, value, default)
+    return default
+
+
+def _seconds(value: str, option: str, default: float) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if 0 < seconds < 1e6:
+        return seconds
+    logging.getLogger("navi").error("%s %r is not a number of seconds above 0; using %g", option, value, default)
     return default
 
 
@@ -77,6 +92,25 @@ def _listener_options(parser: argparse.ArgumentParser) -> None:
         "on a volume of 2 GB shared with the application)",
     )
     parser.add_argument(
+        "--burst", metavar="N", default=_env("NAVI_BURST", str(BURST)),
+        help="in a crash storm, write the first N notifications of each program and type one by one "
+        "[NAVI_BURST] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pace", metavar="SECONDS", default=_env("NAVI_PACE", f"{PACE:g}"),
+        help="then one per SECONDS, each counting the incidents held since [NAVI_PACE] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quiet", metavar="SECONDS", default=_env("NAVI_QUIET", f"{QUIET:g}"),
+        help="a storm is over after SECONDS without an incident: what it held is written at the next TICK_5 "
+        "[NAVI_QUIET] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--oom-window", metavar="SECONDS", default=_env("NAVI_OOM_WINDOW", f"{OOM_WINDOW:g}"),
+        help="an OOM kill no program's death has claimed within SECONDS is the container's [NAVI_OOM_WINDOW] "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--original-dir", metavar="DIR", default=_env("NAVI_ORIGINAL_DIR", None),
         help="also write each incident's event in the original Navi's format (<unix seconds>.json with Header, "
         "Metadata, Payload, ReceivedAt) into DIR, for consumers not yet moved over [NAVI_ORIGINAL_DIR]",
@@ -84,8 +118,17 @@ def _listener_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from datetime import timedelta
+
+    from navi.coalesce import RateLimit
+    from navi.core import Limits
     from navi.listener import Settings
 
+    rate = RateLimit(
+        burst=_count(args.burst, "--burst", BURST),
+        pace=timedelta(seconds=_seconds(args.pace, "--pace", PACE)),
+        quiet=timedelta(seconds=_seconds(args.quiet, "--quiet", QUIET)),
+    )
     return Settings(
         notifications_dir=args.notifications_dir,
         cgroup_root=args.cgroup_root,
@@ -95,6 +138,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         max_files=_count(args.max_files, "--max-files", MAX_FILES),
         max_bytes=_count(args.max_bytes, "--max-bytes", MAX_BYTES),
         original_dir=args.original_dir,
+        limits=Limits(rate, timedelta(seconds=_seconds(args.oom_window, "--oom-window", OOM_WINDOW))),
     )
 
 

@@ -1,33 +1,34 @@
-"""``navi listen``: the I/O shell around the protocol and the classifier.
+"""``navi listen``: the I/O shell around the core.
 
 stdin and the protocol fd speak the eventlistener protocol; everything else
-(supervisord's log, the memory cgroup, the notification directory) is read or
-written here, and every decision is made by the pure core.
+(supervisord's log, the memory cgroup, the notification directory) is read
+or written here, and every decision is made by :class:`navi.core.Core`: the
+shell gathers the readings it asks for and carries out its actions, in order.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Optional
 
 from navi import __version__, cgroup, rpc, rss
-from navi.classify import Classifier, Evidence, Incident, Origin, triage
-from navi.coalesce import Coalescer, SavedState
+from navi.classify import Origin
+from navi.coalesce import Outgoing
+from navi.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, Watch
 from navi.deaths import DeathWatch
-from navi.exitlog import ExitLog, ExitRecord
-from navi.notification import FormatError, Notification, Original, decode, encode
+from navi.notification import FormatError, Original, decode, encode
 from navi.protocol import CLOSED, NEED_DATA, BadInput, Event, Listener
-from navi.spool import Spool, SpoolError, file_name, next_seconds, original_name
+from navi.spool import Spool, SpoolError, next_seconds, original_name
 from navi.supervisord import FileLog, LogTail, LogUnavailable, RpcLog, identity
 
 log = logging.getLogger("navi")
 
-# Incidents held back (a storm, a full disk), kept across a restart of Navi.
-# A dot-name: consumers skip it.
-HELD_FILE = ".navi-held.json"
+# What the core holds across a restart of Navi: rates, held incidents, the
+# notifications decided.  A dot-name: consumers skip it.
+STATE_FILE = ".navi-state.json"
 # Waking supervisord is only worth it if it answers at once.
 WAKE_TIMEOUT = 0.5
 
@@ -42,6 +43,7 @@ class Settings:
     max_files: int
     max_bytes: int
     original_dir: Optional[str] = None
+    limits: Limits = field(default_factory=Limits)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -53,9 +55,6 @@ def _write_all(fd: int, data: bytes) -> None:
 class Shell:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._spool: Optional[Spool] = None
-        self._spool_problem = ""
-        self._open_spool()
         self._cgroup: Optional[cgroup.MemoryCgroup] = None
         self._cgroup_problem = ""
         try:
@@ -69,7 +68,7 @@ class Shell:
         if supervisord.key is None:
             log.error("cannot identify supervisord (pid %d) in %s: an event delivered again after a restart "
                       "of Navi may be written twice", ppid, settings.proc_root)
-        self.origin = Origin(
+        origin = Origin(
             host=os.uname().nodename,
             supervisord_pid=ppid,
             supervisord_started=supervisord.started,
@@ -80,15 +79,12 @@ class Shell:
             own_name=os.environ.get("SUPERVISOR_PROCESS_NAME"),
             navi_version=__version__,
         )
-        self._stamp = supervisord.started or datetime.now(timezone.utc)  # file names sort by it
-        self.classifier = Classifier(self.origin, baseline)
-        self.coalescer = Coalescer()
-        self._restore_held()
-        self._saved = self.coalescer.changes
-        self._rss: dict[tuple[str, str], rss.RssSample] = {}
+        stamp = supervisord.started or datetime.now(timezone.utc)  # file names sort by it
+        self.core = Core(origin, stamp, baseline, settings.limits, own_pid=os.getpid())
         self._write_problem = ""
+        self._save_problem = ""
+        self._state_unsynced = False
         self._original_problem = ""
-        self.exit_log = ExitLog(self.origin.own_name, os.getpid())
         self._log_tail: Optional[LogTail] = None
         self._log_problem = ""
         try:
@@ -100,11 +96,18 @@ class Shell:
                 self._log_problem = "no SUPERVISOR_SERVER_URL and no --supervisord-log: cannot read supervisord's log"
         except LogUnavailable as e:
             self._log_problem = str(e)
-        self._read_log()
-        self.exit_log.first_read_done()
+        self.core.first_log(self._read_log())
         url = settings.supervisor_url
         self.deaths = DeathWatch((lambda: rpc.call(url, "supervisor.getState", timeout=WAKE_TIMEOUT)) if url else None)
         self._running_now()
+        # What the last Navi decided and may not have written is written
+        # first, before any event (the spool restores it as it opens).
+        self._spool: Optional[Spool] = None
+        self._spool_problem = ""
+        self._restored = False
+        self._leftover: list[Action] = []
+        self._open_spool()
+        self._carry_out(self._take_leftover())
         if self._log_problem:
             log.error("%s; exit statuses will be null until it can be read", self._log_problem)
         log.info(
@@ -128,8 +131,8 @@ class Shell:
             return
         for info in infos if isinstance(infos, list) else ():
             if isinstance(info, dict) and info.get("statename") == "RUNNING" and isinstance(info.get("pid"), int):
-                self.classifier.note_running(str(info.get("group")), str(info.get("name")), info["pid"])
-        self.deaths.watch(self.classifier.running.values())
+                self.core.note_running(str(info.get("group")), str(info.get("name")), info["pid"])
+        self.deaths.watch(pid for _, _, pid in self.core.running())
 
     def _open_spool(self) -> None:
         try:
@@ -139,111 +142,118 @@ class Shell:
             if str(e) != self._spool_problem:
                 log.error("%s; incidents are held and counted until it can write again", e)
             self._spool_problem = str(e)
-
-    def _read_log(self) -> None:
-        if self._log_tail is None:
             return
-        try:
-            self.exit_log.feed(self._log_tail.read_new())
-            self._log_problem = ""
-        except LogUnavailable as e:
-            self._log_problem = str(e)
+        if not self._restored:  # before anything is saved over it
+            self._restored = True
+            self._restore()
 
-    def _exit_record(self, event: Event) -> tuple[Optional[ExitRecord], Optional[str]]:
-        pid = event.fields.get("pid", "")
-        self._read_log()
-        record = self.exit_log.take(event.fields.get("processname", ""), int(pid) if pid.isdigit() else None)
-        if record is not None:
-            return record, None
-        return None, self._log_problem or (
-            "supervisord's log has no exited: line for it (it may have failed to spawn: see its spawnerr: "
-            "lines; or supervisord logs only errors, or the line was rotated away)"
-        )
-
-    def handle(self, event: Event) -> None:
-        incident = triage(event, self.origin)
-        now = datetime.now(timezone.utc)
-        tick = event.name.startswith("TICK_")
-        if tick:
-            self._sample_rss(now)
-        notification = None
-        if incident is not None:
-            record, problem = self._exit_record(event) if incident is Incident.EXIT else (None, None)
-            notification = self.classifier.decide(event, self._evidence(now, record, problem))
-        elif tick:
-            # Read at every TICK_5 (and every death), so that each OOM kill
-            # is dated within seconds of happening.
-            oom_kill = cgroup.read_oom_kill(self._cgroup) if self._cgroup else None
-            if self.classifier.unclaimed_kills or oom_kill != self.classifier.oom_baseline:
-                self._read_log()  # which deaths are still to come, to claim the kills
-                notification = self.classifier.decide(event, self._evidence(now))
-            else:
-                self.classifier.decide(event, Evidence(observed_at=now, oom_kill=oom_kill))
-        else:
-            self.classifier.track(event)  # routine: only which programs run
-        if notification is not None:
-            admitted = self.coalescer.admit(notification, now)
-            if admitted is not None:
-                self._publish(admitted, now)
-        if tick:
-            for held in self.coalescer.due(now):
-                self._publish(held, now)
-        self._save_held()
-        self.deaths.watch(self.classifier.running.values())
-
-    def _evidence(
-        self, now: datetime, record: Optional[ExitRecord] = None, exit_problem: Optional[str] = None
-    ) -> Evidence:
-        snapshot = cgroup.read(self._cgroup) if self._cgroup else None
-        return Evidence(
-            observed_at=now,
-            exit=record,
-            exit_problem=exit_problem,
-            oom_kill=snapshot.oom_kill if snapshot else None,
-            memory=snapshot,
-            memory_problem=self._cgroup_problem or None,
-            sigkills_waiting=self.exit_log.sigkills_waiting(),
-            exits_waiting=self.exit_log.waiting(),
-            rss=tuple(self._rss.values()),
-        )
-
-    def _restore_held(self) -> None:
-        data = self._spool.load(HELD_FILE) if self._spool else None
+    def _restore(self) -> None:
+        assert self._spool is not None
+        data = self._spool.load(STATE_FILE)
         if data is None:
             return
         try:
-            state = decode(SavedState, data)
+            state = decode(State, data)
         except FormatError:
-            log.error("%s in %s is not a state Navi wrote; ignored", HELD_FILE, self.settings.notifications_dir)
+            log.error("%s in %s is not a state Navi wrote; ignored", STATE_FILE, self.settings.notifications_dir)
             return
-        self.coalescer.restore(state, datetime.now(timezone.utc))
-        log.info("%d incident(s) held by the previous Navi are written when they can be", self.coalescer.held)
+        self._leftover += self.core.restore(state, datetime.now(timezone.utc))
+        if self.core.held:
+            log.info("%d incident(s) held by the previous Navi are written when they can be", self.core.held)
 
-    def _save_held(self) -> None:
-        """Keep the held incidents on disk, so that a Navi that is killed
-        does not lose their count.  Only when they change: during a storm,
-        at each crash; otherwise never."""
-        if self.coalescer.changes == self._saved or self._spool is None:
-            return
+    def _take_leftover(self) -> list[Action]:
+        leftover, self._leftover = self._leftover, []
+        return leftover
+
+    def _read_log(self) -> str:
+        """What is new in supervisord's log ("" when it cannot be read: the
+        reason stays in ``_log_problem``)."""
+        if self._log_tail is None:
+            return ""
         try:
-            if self.coalescer.held:
-                self._spool.save(HELD_FILE, encode(self.coalescer.save()))
-            else:
-                self._spool.remove(HELD_FILE)
-            self._saved = self.coalescer.changes
-        except SpoolError:
-            pass  # the disk is full: the write problem is said already
+            text = self._log_tail.read_new()
+            self._log_problem = ""
+            return text
+        except LogUnavailable as e:
+            self._log_problem = str(e)
+            return ""
 
-    def _sample_rss(self, now: datetime) -> None:
-        """The last memory sample of each running program (on TICKs only: a
-        few /proc reads per program)."""
-        running = [(group, name, pid) for (group, name), pid in self.classifier.running.items()]
-        self._rss = {(s.group, s.name): s for s in rss.sample(running, self.settings.proc_root, now)}
+    def handle(self, event: Event) -> None:
+        readings = Readings(now=datetime.now(timezone.utc))
+        need = self.core.needs(event, readings)
+        while need:
+            readings = self._gather(need, readings)
+            need = self.core.needs(event, readings)
+        self._carry_out(self._take_leftover() + self.core.handle(event, readings))
+        self._carry_out(self.core.settle(readings.now))
+        if event.name.startswith("TICK_"):
+            self._sync_state()
 
-    def _publish(self, notification: Notification, now: datetime) -> None:
-        """Write it, or hold it (with its count) for a retry on a TICK."""
-        name = file_name(self._stamp, notification.header.get("serial", ""))
+    def _gather(self, need: Needs, readings: Readings) -> Readings:
+        changes: dict[str, object] = {}
+        if need.log:
+            changes.update(log_read=True, log=self._read_log())
+            changes["log_problem"] = self._log_problem or None
+        if need.memory:
+            changes.update(memory_read=True, memory=cgroup.read(self._cgroup) if self._cgroup else None,
+                           memory_problem=self._cgroup_problem or None)
+        elif need.oom_kill:
+            changes.update(oom_kill_read=True, oom_kill=cgroup.read_oom_kill(self._cgroup) if self._cgroup else None)
+        if need.rss:  # a few /proc reads per program: on TICKs only
+            changes["rss"] = tuple(rss.sample(self.core.running(), self.settings.proc_root, readings.now))
+        return replace(readings, **changes)  # type: ignore[arg-type]
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Save):
+                self._save(action.state)
+            elif isinstance(action, Publish):
+                self._publish(action.out)
+            elif isinstance(action, Watch):
+                self.deaths.watch(action.pids)
+            elif isinstance(action, Remark):
+                log.info("%s", action.line)
+        if self._leftover:  # the spool opened, late, and restored a state
+            self._carry_out(self._take_leftover())
+
+    def _save(self, state: State) -> None:
+        """Replace the state file.  Not fsynced here: a Navi that is killed
+        loses nothing the kernel has; the next TICK makes it durable."""
+        problem = ""
+        if self._spool is None:
+            self._open_spool()
+        if self._spool is None:
+            problem = self._spool_problem
+        else:
+            try:
+                self._spool.save(STATE_FILE, encode(state), sync=False)
+                self._state_unsynced = True
+            except SpoolError as e:
+                problem = str(e)
+        if problem and not self._save_problem:
+            log.error("cannot save Navi's state (%s): the %d incident(s) it holds would not survive a restart "
+                      "of Navi until it can", problem, self.core.held)
+        elif self._save_problem and not problem:
+            log.info("Navi's state is saved again")
+        self._save_problem = problem
+        if problem:
+            self.core.unsaved(problem, datetime.now(timezone.utc))
+        else:
+            self.core.saved()
+
+    def _sync_state(self) -> None:
+        if self._state_unsynced and self._spool is not None:
+            try:
+                self._spool.sync(STATE_FILE)
+                self._state_unsynced = False
+            except SpoolError:
+                pass  # saved for Navi's restarts, if not yet for the machine's
+
+    def _publish(self, out: Outgoing) -> None:
+        """Write it, or have the core hold it (with its count) for a retry on a TICK."""
+        notification, name = out.notification, out.name
         data = notification.to_json()
+        now = datetime.now(timezone.utc)
         problem = ""
         for _ in range(2):
             if self._spool is None:
@@ -262,7 +272,7 @@ class Shell:
                 break
             try:
                 if self.settings.original_dir and not self._spool.holds(name, notification.id):
-                    self._publish_original(notification)
+                    self._publish_original(out)
                 written = self._spool.publish(name, data, notification.id)
             except SpoolError as e:
                 problem = "disk full" if e.disk_full else "write failed"
@@ -276,14 +286,16 @@ class Shell:
                 log.info("%s already written (event delivered again)", name)
             else:
                 log.info("%s: %s -> %s", notification.type, notification.summary, written)
+            self.core.published(name)
             return
-        self.coalescer.failed(notification, problem, now)
+        self.core.failed(name, problem, now)
 
-    def _publish_original(self, notification: Notification) -> None:
+    def _publish_original(self, out: Outgoing) -> None:
         """The original Navi's file for the event, before the new one: a
         Navi killed in between gives a duplicate, never a loss.  Not held
         when it fails: the new format is the record."""
         assert self.settings.original_dir is not None
+        notification = out.notification
         try:
             spool = Spool(self.settings.original_dir, alternatives=next_seconds)
             try:

@@ -235,4 +235,6 @@ def _from_data(tp: Any, value: Any, where: str) -> Any:
         return datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
     if type(value) is tp and tp in (int, str, bool):
         return value
+    if tp is float and type(value) in (int, float):
+        return float(value)
     raise FormatError(f"{where or 'top'}: {value!r} is not {getattr(tp, '__name__', tp)}")

@@ -338,11 +338,12 @@ def _notifications(world: FakeWorld) -> list[str]:
 
 
 def _held(world: FakeWorld) -> list[str]:
-    """What navi listen holds back to write later (its .navi-held.json)."""
+    """What navi listen holds back to write later (in its .navi-state.json)."""
     try:
-        held = json.loads((world.notifications / ".navi-held.json").read_text())["held"]
+        rates = json.loads((world.notifications / ".navi-state.json").read_text())["rates"]
+        held = [r["held"] for r in rates if r["held"]]
         return [f"held, to be written later: {h['count']} incidents ({h['reason']}) of "
-                f"{(h['latest'].get('process') or {}).get('name') or 'the container'}" for h in held]
+                f"{(h['latest']['notification'].get('process') or {}).get('name') or 'the container'}" for h in held]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
 

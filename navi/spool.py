@@ -39,9 +39,9 @@ def file_name(stamp: datetime, serial: str) -> str:
     return f"{stamp:%Y%m%dT%H%M%S.%fZ}-{number:012d}.json"
 
 
-_TEMP = re.compile(r"^\..+\.json\.\d+\.\d+\.tmp$")
+_TEMP = re.compile(r"^\..+\.json\.(?P<pid>\d+)\.\d+\.tmp$")
 MAX_FILE = 1 << 20  # no notification is near this; read no more of a planted file
-STALE_TEMP = 3600  # seconds: a temp file this old is a Navi's that was killed mid-write
+STALE_TEMP = 3600  # seconds: a temp file this old is a Navi's that was killed mid-write, whoever runs now
 
 
 def numbered(name: str) -> list[str]:
@@ -62,6 +62,16 @@ def next_seconds(name: str) -> list[str]:
     return [f"{seconds + n}.json" for n in range(1, 8)]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's
+    return True
+
+
 class Spool:
     def __init__(self, directory: str, alternatives: Callable[[str], list[str]] = numbered) -> None:
         self.directory = directory
@@ -79,13 +89,16 @@ class Spool:
         self._remove_stale_temps()
 
     def _remove_stale_temps(self) -> None:
+        """Temporary files of a Navi that was killed mid-write: its pid (in
+        the name) is gone, or the file is old."""
         now = time.time()
         for name in os.listdir(self._fd):
-            if not _TEMP.match(name):
+            m = _TEMP.match(name)
+            if m is None or int(m["pid"]) == os.getpid():
                 continue
             try:
                 st = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode) and now - st.st_mtime > STALE_TEMP:
+                if stat.S_ISREG(st.st_mode) and (now - st.st_mtime > STALE_TEMP or not _alive(int(m["pid"]))):
                     os.unlink(name, dir_fd=self._fd)
             except OSError:
                 pass
@@ -107,18 +120,37 @@ class Spool:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=self._fd)
-        self._sync_directory(name)
+        # Once linked it is published: a consumer may take it at once, so a
+        # failure now must not have it written again (with its count).
+        with contextlib.suppress(SpoolError):
+            self._sync_directory(name)
         return published
 
-    def save(self, name: str, data: bytes) -> None:
-        """Replace the dot-file ``name`` (never a notification) atomically."""
-        temp = self._write_temp(name, data)
+    def save(self, name: str, data: bytes, sync: bool = True) -> None:
+        """Replace the dot-file ``name`` (never a notification) atomically;
+        durably too, unless ``sync`` is false (see :meth:`sync`)."""
+        temp = self._write_temp(name, data, sync)
         try:
             os.replace(temp, name, src_dir_fd=self._fd, dst_dir_fd=self._fd)  # replaces a planted link itself
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=self._fd)
             raise self._error("save", name, e) from None
+        if sync:
+            self._sync_directory(name)
+
+    def sync(self, name: str) -> None:
+        """Make the dot-file ``name``, saved without ``sync``, durable."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._fd)
+        except OSError as e:
+            raise self._error("open", name, e) from None
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise self._error("fsync", name, e) from None
+        finally:
+            os.close(fd)
         self._sync_directory(name)
 
     def load(self, name: str) -> Optional[bytes]:
@@ -139,15 +171,16 @@ class Spool:
             os.unlink(name, dir_fd=self._fd)
             os.fsync(self._fd)
 
-    def _write_temp(self, name: str, data: bytes) -> str:
-        """The whole of ``data`` in a new temporary file, fsynced."""
+    def _write_temp(self, name: str, data: bytes, sync: bool = True) -> str:
+        """The whole of ``data`` in a new temporary file, fsynced unless not ``sync``."""
         temp, fd = self._create_temp(name)
         try:
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as e:

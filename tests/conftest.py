@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 from navi import cgroup
-from navi.listener import HELD_FILE
+from navi.listener import STATE_FILE
 from navi.sandbox import Sandbox, Unavailable
 from navi.sandbox import memory_cgroup as memory_cgroup_of
 
@@ -126,7 +126,8 @@ class E2ESandbox(Sandbox):
         ]
 
     def notification_files(self, directory: Optional[Path] = None) -> list[Path]:
-        return sorted((directory or self.notifications).iterdir())
+        """Everything in the directory but Navi's own state file."""
+        return sorted(p for p in (directory or self.notifications).iterdir() if p.name != STATE_FILE)
 
     def check_files(self, directory: Optional[Path] = None) -> list[dict[str, Any]]:
         """Every file in the notifications directory is a published, valid
@@ -135,7 +136,7 @@ class E2ESandbox(Sandbox):
         # one: give a publication in progress a moment to finish.
         deadline = time.monotonic() + 5
         while True:
-            files = [p for p in self.notification_files(directory) if p.name != HELD_FILE]
+            files = self.notification_files(directory)
             names = [p.name for p in files]
             temporary = [n for n in names if n.startswith(".")]
             if not temporary or time.monotonic() > deadline:

@@ -74,8 +74,8 @@ def test_a_crash_loop_is_written_five_times_then_held_and_counted(world: FakeWor
     assert outcome.events == 2 + 3 * 500
     written = notifications(world)
     assert [(n["type"], n["process"]["name"], n.get("count", 1)) for n in written] == [("crash", "api", 1)] * 5
-    held = json.loads((world.notifications / ".navi-held.json").read_text())["held"]
-    assert [h["count"] for h in held] == [495]  # all 500 accounted for
+    rates = json.loads((world.notifications / ".navi-state.json").read_text())["rates"]
+    assert [r["held"]["count"] for r in rates] == [495]  # all 500 accounted for
 
 
 def test_failing_at_start_until_fatal(world: FakeWorld) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -71,7 +72,7 @@ def die(world: FakeWorld, name: str, pid: int, how: str) -> None:
 
 def notifications(world: FakeWorld, directory: Optional[Path] = None) -> list[dict[str, Any]]:
     entries = sorted((directory or world.notifications).iterdir())
-    assert [p.name for p in entries if p.name.startswith(".") and p.name != ".navi-held.json"] == []  # no temp
+    assert [p.name for p in entries if p.name.startswith(".") and p.name != ".navi-state.json"] == []  # no temp
     files = [p for p in entries if not p.name.startswith(".")]
     assert all(p.name.endswith(".json") for p in files)
     return [json.loads(p.read_text()) for p in files]
@@ -139,12 +140,14 @@ def test_missing_directory_then_created(world: FakeWorld) -> None:
     die(world, "api", 8, "exit status 4")
     sup.event("PROCESS_STATE_EXITED", exited_payload("api", 8))
     assert ended(sup) == (0, b"")
-    files = list(later.iterdir())
-    assert len(files) == 1
-    n = json.loads(files[0].read_text())
+    (n,) = notifications(world, later)
     assert n["exit"]["code"] == 4 and n["count"] == 2 and n["coalesced"]["reason"] == "directory unusable"
-    startup = [line for line in stderr(world).splitlines() if "No such file or directory" in line]
-    assert len(startup) == 1 and str(later) in startup[0]
+    said = [line for line in stderr(world).splitlines() if "No such file or directory" in line]
+    # One line for the directory, one for the count that could not be saved meanwhile.
+    assert len(said) == 2 and str(later) in said[0]
+    assert said[1].startswith("navi: ERROR: cannot save Navi's state") and "1 incident(s)" in said[1]
+    assert "saved again" in stderr(world)
+    assert any("could not save its state" in note for note in n["notes"])
     assert "lost" not in stderr(world)
 
 
@@ -181,7 +184,7 @@ def test_redelivered_event_gives_no_second_file(world: FakeWorld) -> None:
         sup.event("PROCESS_STATE_EXITED", exited_payload("api", 7))
         assert ended(sup) == (0, b"")
     assert len(notifications(world)) == 1
-    assert "already written" in stderr(world)
+    assert "event 41 (PROCESS_STATE_EXITED) delivered again: the last Navi had handled it already" in stderr(world)
 
 
 def test_a_kill_seen_on_a_tick_is_left_to_the_death_in_the_log(world: FakeWorld) -> None:
@@ -288,17 +291,27 @@ def test_held_incidents_survive_a_killed_navi(world: FakeWorld) -> None:
         die(world, "api", pid, "exit status 2")
         sup.event("PROCESS_STATE_EXITED", exited_payload("api", pid))
     assert len(notifications(world)) == 5
-    state = json.loads((world.notifications / ".navi-held.json").read_text())
-    assert [h["count"] for h in state["held"]] == [3]
+    assert held_counts(world) == [3]
     sup.process.kill()  # dies with incidents held
     sup.close()
-    again = start(world, first_serial=sup.supervisor.serial + 1)
+    # The new Navi keeps the last one's rate: no fresh burst, the storm is
+    # written when it is over (quiet for 0.5 s here), at a TICK.
+    again = start(world, {**world.env(), "NAVI_QUIET": "0.5"}, first_serial=sup.supervisor.serial + 1)
+    die(world, "api", 108, "exit status 2")
+    again.event("PROCESS_STATE_EXITED", exited_payload("api", 108))
+    assert len(notifications(world)) == 5 and held_counts(world) == [4]
+    time.sleep(0.6)
     again.event("TICK_5", "when:1764025200")
     assert ended(again) == (0, b"")
     found = notifications(world)
-    assert [n["count"] for n in found] == [1, 1, 1, 1, 1, 3]
-    assert not (world.notifications / ".navi-held.json").exists()
+    assert [n["count"] for n in found] == [1, 1, 1, 1, 1, 4]
+    assert held_counts(world) == []
     assert "3 incident(s) held by the previous Navi" in stderr(world)
+
+
+def held_counts(world: FakeWorld) -> list[int]:
+    state = json.loads((world.notifications / ".navi-state.json").read_text())
+    return [r["held"]["count"] for r in state["rates"] if r["held"]]
 
 
 def test_an_incident_loads_no_module(world: FakeWorld) -> None:

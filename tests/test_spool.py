@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -38,13 +39,26 @@ def test_names_sort_in_incident_order_and_hold_no_event_text() -> None:
 
 
 def test_stale_temp_files_of_a_killed_navi_are_removed(tmp_path: Path) -> None:
-    old, fresh, other = tmp_path / ".x.json.12.1.tmp", tmp_path / ".y.json.13.1.tmp", tmp_path / ".other"
-    for path in (old, fresh, other):
-        path.write_bytes(b"partial")
-    os.utime(old, (time.time() - 7200, time.time() - 7200))
-    os.utime(other, (time.time() - 7200, time.time() - 7200))
+    alive = os.getppid()  # a live process that is not this one
+    names = {
+        "old": f".x.json.{alive}.1.tmp",  # an hour old: whoever has that pid now
+        "fresh": f".y.json.{alive}.1.tmp",  # a live writer's
+        "own": f".z.json.{os.getpid()}.1.tmp",  # this process's own
+        "killed": f".w.json.{_ended_pid()}.2.tmp",  # its writer is gone
+        "other": ".other",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    for key in ("old", "other"):
+        os.utime(tmp_path / names[key], (time.time() - 7200, time.time() - 7200))
     Spool(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == [".other", ".y.json.13.1.tmp"]
+    assert sorted(os.listdir(tmp_path)) == sorted([names["fresh"], names["own"], names["other"]])
+
+
+def _ended_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 @pytest.mark.parametrize("plant", ["symlink", "fifo", "other file", "directory"])

@@ -1,0 +1,328 @@
+"""The listener's decisions, without I/O, in the manner of h11's Connection.
+
+One object owns everything ``navi listen`` knows: the exit log, the
+classifier, the coalescer, the notifications decided and not yet written,
+and which events have had their effect.  The shell asks :meth:`Core.needs`
+what to read for an event, gathers those :class:`Readings`, and carries out
+the actions :meth:`Core.handle` returns, in order: save the state, publish
+notifications, watch pids.  It reports back what it could not do.
+
+Nothing is lost when Navi is killed at any moment, because the state is
+saved before anything it decided is written, and before the event is
+acknowledged (the shell's order).  A new Navi first writes what the last one
+had decided; an event that supervisord delivers again, whose effect is in
+the saved state already, is recognised by its serial and changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Optional, Union
+
+from navi.cgroup import MemorySnapshot
+from navi.classify import OOM_WINDOW, Classifier, Evidence, Incident, Origin, triage
+from navi.coalesce import Coalescer, Outgoing, Rate, RateLimit
+from navi.exitlog import ExitLog, ExitRecord
+from navi.notification import Notification
+from navi.protocol import Event
+from navi.rss import RssSample
+from navi.spool import file_name
+
+STATE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The timing settings of the decisions."""
+
+    rate: RateLimit = field(default_factory=RateLimit)
+    oom_window: timedelta = OOM_WINDOW
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the shell must read before :meth:`Core.handle` can decide."""
+
+    log: bool = False  # what is new in supervisord's main log
+    oom_kill: bool = False  # the cgroup's oom_kill counter alone (one small file)
+    memory: bool = False  # the cgroup's memory figures, the counter among them
+    rss: bool = False  # a sample of each running program's memory
+
+    def __bool__(self) -> bool:
+        return self.log or self.oom_kill or self.memory or self.rss
+
+
+@dataclass(frozen=True)
+class Readings:
+    """What the shell read for one event.  A reading not taken is None and
+    its ``*_read`` flag False."""
+
+    now: datetime
+    log_read: bool = False
+    log: str = ""  # the log's new text
+    log_problem: Optional[str] = None  # why it could not be read
+    oom_kill_read: bool = False
+    oom_kill: Optional[int] = None
+    memory_read: bool = False
+    memory: Optional[MemorySnapshot] = None
+    memory_problem: Optional[str] = None  # why there is no memory cgroup
+    rss: Optional[tuple[RssSample, ...]] = None
+
+
+@dataclass(frozen=True)
+class Save:
+    """Replace the saved state with this, before any action after it."""
+
+    state: State
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Write this notification; then say :meth:`Core.published` or :meth:`Core.failed`."""
+
+    out: Outgoing
+
+
+@dataclass(frozen=True)
+class Watch:
+    """Watch exactly these pids for their deaths."""
+
+    pids: frozenset[int]
+
+
+@dataclass(frozen=True)
+class Remark:
+    """A line for Navi's log."""
+
+    line: str
+
+
+Action = Union[Save, Publish, Watch, Remark]
+
+
+@dataclass(frozen=True)
+class State:
+    """What outlives a Navi: saved in the notifications directory."""
+
+    supervisord: str  # the supervisord whose serials ``applied`` counts
+    applied: Optional[int]  # the last event whose effect this state holds
+    rates: list[Rate] = field(default_factory=list)
+    outbox: list[Outgoing] = field(default_factory=list)  # decided, perhaps not yet written
+    version: int = STATE_VERSION
+
+
+NO_EXIT_LINE = (
+    "supervisord's log has no exited: line for it (it may have failed to spawn: see its spawnerr: "
+    "lines; or supervisord logs only errors, or the line was rotated away)"
+)
+
+
+class Core:
+    def __init__(
+        self,
+        origin: Origin,
+        stamp: datetime,
+        oom_baseline: Optional[int],
+        limits: Limits = Limits(),
+        own_pid: Optional[int] = None,
+    ) -> None:
+        self.origin = origin
+        self._stamp = stamp  # file names sort by it: supervisord's start
+        self.classifier = Classifier(origin, oom_baseline, limits.oom_window)
+        self.coalescer = Coalescer(limits.rate)
+        self.exit_log = ExitLog(origin.own_name, own_pid)
+        self._applied: Optional[int] = None
+        self._outbox: dict[str, Outgoing] = {}
+        self._changes = 0  # of the outbox; the coalescer counts its own
+        self._saved = (0, 0)
+        self._unsaved: Optional[tuple[str, datetime]] = None  # why the state is not saved, since when
+        self._rss: tuple[RssSample, ...] = ()  # the last memory sample of each running program
+
+    def running(self) -> list[tuple[str, str, int]]:
+        """(group, name, pid) of each running program: what to sample."""
+        return [(group, name, pid) for (group, name), pid in self.classifier.running.items()]
+
+    # -- start-up ------------------------------------------------------------
+
+    def first_log(self, text: str) -> None:
+        """The main log as it was when this Navi started."""
+        self.exit_log.feed(text)
+        self.exit_log.first_read_done()
+
+    def note_running(self, group: str, name: str, pid: int) -> None:
+        """A program running before this Navi started (its RUNNING event was
+        sent to an earlier one)."""
+        self.classifier.note_running(group, name, pid)
+
+    def restore(self, state: State, now: datetime) -> list[Action]:
+        """Take on what a previous Navi saved; returns what it had decided
+        and perhaps not written, to write now."""
+        self.coalescer.restore(state.rates, now)
+        if state.supervisord == self.origin.supervisord_key and state.applied is not None:
+            self._applied = state.applied if self._applied is None else max(state.applied, self._applied)
+        for out in state.outbox:
+            self._outbox.setdefault(out.name, out)
+        return [Publish(out) for out in state.outbox]
+
+    # -- events --------------------------------------------------------------
+
+    def needs(self, event: Event, readings: Readings) -> Needs:
+        """What to read before :meth:`handle`, given what was read so far."""
+        incident = triage(event, self.origin)
+        if incident is Incident.EXIT:
+            return Needs(log=not readings.log_read, memory=not readings.memory_read)
+        if incident is Incident.FATAL:
+            return Needs(memory=not readings.memory_read)
+        if not event.name.startswith("TICK_"):
+            return Needs()  # routine: only which programs run
+        # At every TICK_5 (and every death) the counter is read, so that each
+        # OOM kill is dated within seconds.  The log and the figures are read
+        # only when there are kills to place: which deaths are still to come.
+        if not readings.oom_kill_read and not readings.memory_read:
+            return Needs(oom_kill=True, rss=readings.rss is None)
+        if readings.memory_read or not self._kills_to_place(readings.oom_kill):
+            return Needs()
+        return Needs(log=not readings.log_read, memory=True)
+
+    def _kills_to_place(self, oom_kill: Optional[int]) -> bool:
+        return bool(self.classifier.unclaimed_kills) or oom_kill != self.classifier.oom_baseline
+
+    def handle(self, event: Event, readings: Readings) -> list[Action]:
+        """The actions for an event, in the order they must be carried out."""
+        if readings.log_read:
+            self.exit_log.feed(readings.log)
+        if readings.rss is not None:
+            self._rss = readings.rss
+        serial = event.header.get("serial", "")
+        number = int(serial) if serial.isdigit() else None
+        redelivered = number is not None and self._applied is not None and number <= self._applied
+        incident = triage(event, self.origin)
+        if redelivered:
+            # Its effect is saved already: only what it decided is still to write.
+            if incident is Incident.EXIT:
+                self._take_exit(event, readings)
+            self.classifier.track(event)
+            said = Remark(f"event {serial} ({event.name}) delivered again: the last Navi had handled it already")
+            return [said, *self._actions(readings.now, save=False, publish=list(self._outbox.values()))]
+        if number is not None:
+            self._applied = number
+        notification = self._decide(incident, event, readings)
+        out: list[Outgoing] = []
+        if notification is not None:
+            name = file_name(self._stamp, event.header.get("serial", ""))
+            admitted = self.coalescer.admit(Outgoing(name, self._with_save_notes(notification)), readings.now)
+            out += [admitted] if admitted is not None else []
+        if event.name.startswith("TICK_"):
+            out += self.coalescer.due(readings.now)
+        for o in out:
+            self._outbox[o.name] = o
+            self._changes += 1
+        return self._actions(readings.now, save=self._dirty(), publish=out)
+
+    def _decide(self, incident: Optional[Incident], event: Event, readings: Readings) -> Optional[Notification]:
+        if incident is Incident.EXIT:
+            record, problem = self._take_exit(event, readings)
+            return self.classifier.decide(event, self._evidence(readings, record, problem))
+        if incident is Incident.FATAL:
+            return self.classifier.decide(event, self._evidence(readings))
+        if event.name.startswith("TICK_"):
+            if readings.memory_read:
+                return self.classifier.decide(event, self._evidence(readings))
+            self.classifier.decide(event, Evidence(observed_at=readings.now, oom_kill=readings.oom_kill))
+            return None
+        self.classifier.track(event)
+        return None
+
+    def _take_exit(self, event: Event, readings: Readings) -> tuple[Optional[ExitRecord], Optional[str]]:
+        """The exit record of a death's event, or why there is none."""
+        pid = event.fields.get("pid", "")
+        record = self.exit_log.take(event.fields.get("processname", ""), int(pid) if pid.isdigit() else None)
+        if record is not None:
+            return record, None
+        return None, readings.log_problem or NO_EXIT_LINE
+
+    def _evidence(
+        self, readings: Readings, record: Optional[ExitRecord] = None, problem: Optional[str] = None
+    ) -> Evidence:
+        snapshot = readings.memory
+        return Evidence(
+            observed_at=readings.now,
+            exit=record,
+            exit_problem=problem,
+            oom_kill=snapshot.oom_kill if snapshot else None,
+            memory=snapshot,
+            memory_problem=readings.memory_problem,
+            sigkills_waiting=self.exit_log.sigkills_waiting(),
+            exits_waiting=self.exit_log.waiting(),
+            rss=self._rss,
+        )
+
+    # -- what the shell could and could not do -------------------------------
+
+    def published(self, name: str) -> None:
+        """The notification ``name`` is written (or was already)."""
+        if self._outbox.pop(name, None) is not None:
+            self._changes += 1
+
+    def failed(self, name: str, reason: str, now: datetime) -> None:
+        """The notification ``name`` could not be written: hold it, with its
+        count, for a later try."""
+        out = self._outbox.pop(name, None)
+        if out is not None:
+            self._changes += 1
+            self.coalescer.failed(out, reason, now)
+
+    def settle(self, now: datetime) -> list[Action]:
+        """After the publications: the state to save, if they changed it."""
+        return self._actions(now, save=self._dirty(), publish=[])
+
+    def saved(self) -> None:
+        """The last :class:`Save` was carried out."""
+        self._unsaved = None
+
+    def unsaved(self, problem: str, now: datetime) -> None:
+        """The last :class:`Save` failed: counts held now would not survive a
+        restart of Navi.  Said in the notifications until a save works, and
+        tried again at the next incident or TICK."""
+        if self._unsaved is None:
+            self._unsaved = (problem, now)
+        self._saved = (-1, -1)
+
+    def _with_save_notes(self, n: Notification) -> Notification:
+        if self._unsaved is None:
+            return n
+        problem, since = self._unsaved
+        note = (f"Navi could not save its state at {since:%H:%M:%S} UTC ({problem}): until it does, a restart "
+                "of Navi loses the counts it holds")
+        return replace(n, notes=[*n.notes, note])
+
+    # -- the state -----------------------------------------------------------
+
+    def state(self, now: datetime) -> State:
+        return State(
+            supervisord=self.origin.supervisord_key,
+            applied=self._applied,
+            rates=self.coalescer.save(now),
+            outbox=list(self._outbox.values()),
+        )
+
+    def _version(self) -> tuple[int, int]:
+        return self.coalescer.changes, self._changes
+
+    def _dirty(self) -> bool:
+        return self._version() != self._saved
+
+    def _actions(self, now: datetime, save: bool, publish: list[Outgoing]) -> list[Action]:
+        actions: list[Action] = []
+        if save:
+            actions.append(Save(self.state(now)))
+            self._saved = self._version()  # unless the shell says :meth:`unsaved`
+        actions += [Publish(o) for o in publish]
+        actions.append(Watch(frozenset(self.classifier.running.values())))
+        return actions
+
+    @property
+    def held(self) -> int:
+        """Incidents not yet in a notification written: held, or decided."""
+        return self.coalescer.held + sum(o.notification.count for o in self._outbox.values())
