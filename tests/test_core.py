@@ -340,3 +340,22 @@ def test_every_kill_point_of_a_storm_is_survived() -> None:
         assert h.restarts == 1, point
         assert {k: n.count for k, n in h.written().items()} == {k: n.count for k, n in calm.written().items()}
         assert sum(n.count for n in h.written().values()) == incidents
+
+
+def test_a_state_restored_late_is_merged_not_overwritten() -> None:
+    """The directory could not be opened at start: this Navi held counts of
+    its own before it could read the last one's state."""
+    last = core()
+    for serial in range(1, 6):
+        for a in death(last, serial, "web", T0):
+            if isinstance(a, Publish):
+                last.published(a.out.name)
+    saved = last.state(T0)
+    assert last.held == 2
+    late = core()
+    for serial in range(6, 10):  # 3 written, 1 held, before the state could be read
+        for a in death(late, serial, "web", T0 + timedelta(seconds=1)):
+            if isinstance(a, Publish):
+                late.published(a.out.name)
+    late.restore(decode(State, encode(saved)), T0 + timedelta(seconds=1))
+    assert late.held == 3
