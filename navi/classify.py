@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Optional
 
+from navi import summaries
 from navi.cgroup import MemorySnapshot
 from navi.exitlog import ExitRecord, is_sigkill
 from navi.notification import (
@@ -102,10 +103,6 @@ def _int(text: Optional[str]) -> Optional[int]:
     return int(text) if text is not None and text.isdigit() else None
 
 
-def _mib(n: Optional[int]) -> str:
-    return "unknown" if n is None else f"{n / 1048576:.1f} MiB"
-
-
 class Classifier:
     def __init__(self, origin: Origin, oom_baseline: Optional[int], oom_window: timedelta = OOM_WINDOW) -> None:
         self.origin = origin
@@ -115,8 +112,6 @@ class Classifier:
         self._kills: deque[datetime] = deque(maxlen=MAX_PENDING_KILLS)
         # The last exit of each program, for the FATAL that may follow.
         self._last_exit: OrderedDict[str, ExitInfo] = OrderedDict()
-        # Running programs, (group, name) -> pid, to sample their memory.
-        self.running: dict[tuple[str, str], int] = {}
 
     @property
     def unclaimed_kills(self) -> int:
@@ -125,7 +120,6 @@ class Classifier:
     def decide(self, event: Event, evidence: Evidence) -> Optional[Notification]:
         """The notification for an event, if any."""
         rise, counter_problem = self._count(evidence.observed_at, evidence.oom_kill)
-        self.track(event)
         incident = triage(event, self.origin)
         if incident is None:
             if event.name.startswith("TICK_"):
@@ -143,7 +137,7 @@ class Classifier:
                 during_startup=True, log_line=None,
                 unavailable="FATAL carries no exit status and Navi saw no earlier exit of it",
             )
-            summary = f"supervisord gave up restarting {name} (FATAL)" + _last_words(exit_info)
+            summary = summaries.fatal(name, exit_info)
             pid = None
         else:
             startup = event.name == "PROCESS_STATE_BACKOFF"
@@ -156,7 +150,7 @@ class Classifier:
             pid = _int(fields.get("pid")) or record_pid
             if memory is not None and kind == "oom":
                 memory = _with_programs(memory, evidence.rss, victim=(group, name))
-            summary = _summary(name, kind, exit_info, memory, startup)
+            summary = summaries.death(name, kind, exit_info, memory, startup)
         return self._notification(event, evidence, kind, summary, ProcessInfo(name=name, group=group, pid=pid),
                                   exit_info, memory, notes)
 
@@ -202,32 +196,13 @@ class Classifier:
         memory = _memory_info(evidence, rise, counter_problem, notes)
         if memory is not None:
             memory = _with_programs(memory, evidence.rss, victim=None)
-        largest = f"; largest program: {memory.programs[0].name} ({_mib(memory.programs[0].rss_bytes)})" if (
-            memory is not None and memory.programs) else ""
-        limit = f"memory limit {_mib(memory.limit_bytes)}, peak {_mib(memory.peak_bytes)}" if memory else ""
-        summary = (
-            f"the kernel's OOM killer killed {due} process(es) in the container, but no supervised program "
-            f"died: a child of a program, or another process, was the victim ({limit}{largest})"
-        )
+        summary = summaries.container_oom(due, memory)
         exit_info = ExitInfo(
             code=None, signal=None, signal_number=None, core_dumped=None, during_startup=False,
             log_line=None, unavailable="no supervised program exited: the process killed is not one supervisord runs",
         )
         process = ProcessInfo(name=None, group=None, pid=None)
         return self._notification(event, evidence, "oom", summary, process, exit_info, memory, notes, count=due)
-
-    def note_running(self, group: str, name: str, pid: int) -> None:
-        if group != self.origin.own_group and pid > 0:
-            self.running[(group, name)] = pid
-
-    def track(self, event: Event) -> None:
-        """Which programs run (their pids, to watch and sample), from any event."""
-        fields = event.fields
-        key = (fields.get("groupname", ""), fields.get("processname", ""))
-        if event.name == "PROCESS_STATE_RUNNING" and fields.get("pid", "").isdigit():
-            self.note_running(*key, int(fields["pid"]))
-        elif event.name.startswith("PROCESS_STATE_"):
-            self.running.pop(key, None)
 
     def _count(self, now: datetime, oom_kill: Optional[int]) -> tuple[Optional[int], Optional[str]]:
         """Take a reading of the counter: new kills join those not yet
@@ -338,37 +313,4 @@ def _exit_info(evidence: Evidence, startup: bool) -> ExitInfo:
         log_line=record.line,
         unavailable=None if record.code is not None or record.signal is not None
         else "supervisord logged an unknown termination cause",
-    )
-
-
-def _how(exit_info: ExitInfo) -> str:
-    if exit_info.signal is not None:
-        core = " (core dumped)" if exit_info.core_dumped else ""
-        return f"killed by {exit_info.signal}{core}"
-    if exit_info.code is not None:
-        return f"exit status {exit_info.code}"
-    return "exit status unknown"
-
-
-def _last_words(exit_info: ExitInfo) -> str:
-    if exit_info.unavailable and exit_info.log_line is None:
-        return ""
-    return f"; its last exit: {_how(exit_info)}"
-
-
-def _summary(
-    name: str, kind: Kind, exit_info: ExitInfo, memory: Optional[MemoryInfo], startup: bool
-) -> str:
-    when = " during startup" if startup else ""
-    if kind == "crash":
-        return f"{name} crashed{when}: {_how(exit_info)}"
-    assert memory is not None
-    limit = f"memory limit {_mib(memory.limit_bytes)}, peak {_mib(memory.peak_bytes)}"
-    if is_sigkill(exit_info.code, exit_info.signal_number):
-        return f"{name} was killed by the kernel's OOM killer{when} ({limit})"
-    # The counter rose but this program was not itself SIGKILLed: the victim
-    # was most likely one of its children.
-    return (
-        f"{name} died{when} ({_how(exit_info)}) after an OOM kill in its container, "
-        f"probably of a child process ({limit})"
     )

@@ -27,6 +27,7 @@ from navi.exitlog import ExitLog, ExitRecord
 from navi.notification import Notification
 from navi.protocol import Event
 from navi.rss import RssSample
+from navi.running import Running
 from navi.spool import file_name
 
 STATE_VERSION = 2
@@ -132,16 +133,13 @@ class Core:
         self.classifier = Classifier(origin, oom_baseline, limits.oom_window)
         self.coalescer = Coalescer(limits.rate)
         self.exit_log = ExitLog(origin.own_name, own_pid)
+        self.running = Running(origin.own_group)
         self._applied: Optional[int] = None
         self._outbox: dict[str, Outgoing] = {}
         self._changes = 0  # of the outbox; the coalescer counts its own
         self._saved = (0, 0)
         self._unsaved: Optional[tuple[str, datetime]] = None  # why the state is not saved, since when
         self._rss: tuple[RssSample, ...] = ()  # the last memory sample of each running program
-
-    def running(self) -> list[tuple[str, str, int]]:
-        """(group, name, pid) of each running program: what to sample."""
-        return [(group, name, pid) for (group, name), pid in self.classifier.running.items()]
 
     # -- start-up ------------------------------------------------------------
 
@@ -153,7 +151,7 @@ class Core:
     def note_running(self, group: str, name: str, pid: int) -> None:
         """A program running before this Navi started (its RUNNING event was
         sent to an earlier one)."""
-        self.classifier.note_running(group, name, pid)
+        self.running.note(group, name, pid)
 
     def restore(self, state: State, now: datetime) -> list[Action]:
         """Take on what a previous Navi saved; returns what it had decided
@@ -202,11 +200,12 @@ class Core:
             # Its effect is saved already: only what it decided is still to write.
             if incident is Incident.EXIT:
                 self._take_exit(event, readings)
-            self.classifier.track(event)
+            self.running.track(event)
             said = Remark(f"event {serial} ({event.name}) delivered again: the last Navi had handled it already")
             return [said, *self._actions(readings.now, save=False, publish=list(self._outbox.values()))]
         if number is not None:
             self._applied = number
+        self.running.track(event)
         notification = self._decide(incident, event, readings)
         out: list[Outgoing] = []
         if notification is not None:
@@ -230,8 +229,6 @@ class Core:
             if readings.memory_read:
                 return self.classifier.decide(event, self._evidence(readings))
             self.classifier.decide(event, Evidence(observed_at=readings.now, oom_kill=readings.oom_kill))
-            return None
-        self.classifier.track(event)
         return None
 
     def _take_exit(self, event: Event, readings: Readings) -> tuple[Optional[ExitRecord], Optional[str]]:
@@ -319,7 +316,7 @@ class Core:
             actions.append(Save(self.state(now)))
             self._saved = self._version()  # unless the shell says :meth:`unsaved`
         actions += [Publish(o) for o in publish]
-        actions.append(Watch(frozenset(self.classifier.running.values())))
+        actions.append(Watch(self.running.pids()))
         return actions
 
     @property

@@ -132,7 +132,7 @@ class Shell:
         for info in infos if isinstance(infos, list) else ():
             if isinstance(info, dict) and info.get("statename") == "RUNNING" and isinstance(info.get("pid"), int):
                 self.core.note_running(str(info.get("group")), str(info.get("name")), info["pid"])
-        self.deaths.watch(pid for _, _, pid in self.core.running())
+        self.deaths.watch(self.core.running.pids())
 
     def _open_spool(self) -> None:
         try:
@@ -200,7 +200,7 @@ class Shell:
         elif need.oom_kill:
             changes.update(oom_kill_read=True, oom_kill=cgroup.read_oom_kill(self._cgroup) if self._cgroup else None)
         if need.rss:  # a few /proc reads per program: on TICKs only
-            changes["rss"] = tuple(rss.sample(self.core.running(), self.settings.proc_root, readings.now))
+            changes["rss"] = tuple(rss.sample(self.core.running.programs(), self.settings.proc_root, readings.now))
         return replace(readings, **changes)  # type: ignore[arg-type]
 
     def _carry_out(self, actions: list[Action]) -> None:

@@ -169,16 +169,6 @@ def test_an_oom_names_the_victims_last_sample() -> None:
     assert n.memory.victim is not None and (n.memory.victim.name, n.memory.victim.rss_bytes) == ("web", 60 << 20)
 
 
-def test_running_programs_are_tracked_for_sampling() -> None:
-    c = Classifier(ORIGIN, oom_baseline=0)
-    running = "processname:web groupname:web from_state:STARTING pid:42"
-    c.decide(event("PROCESS_STATE_RUNNING", running), Evidence(observed_at=NOW, oom_kill=0))
-    c.decide(event("PROCESS_STATE_RUNNING", running.replace("web", "navi")), Evidence(observed_at=NOW, oom_kill=0))
-    assert c.running == {("web", "web"): 42}
-    c.decide(exited(), evidence())
-    assert c.running == {}
-
-
 def test_another_signal_never_claims_a_kill() -> None:
     # A segfault handled just after someone else's OOM kill was counted.
     c = Classifier(ORIGIN, oom_baseline=0)

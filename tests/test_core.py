@@ -81,6 +81,16 @@ def test_a_tick_reads_the_counter_and_only_looks_further_when_it_rose() -> None:
     assert published.type == "oom" and published.process.name is None and published.count == 1
 
 
+def test_running_programs_are_tracked_to_watch_and_sample() -> None:
+    c = core()
+    running = "processname:web groupname:web from_state:STARTING pid:42"
+    for serial, payload in enumerate((running, running.replace("web", "navi"))):
+        actions = c.handle(event(serial, "PROCESS_STATE_RUNNING", payload), Readings(T0))
+    assert actions == [Watch(frozenset({42}))]  # never Navi's own
+    assert c.running.programs() == [("web", "web", 42)]
+    assert death(c, 3, "web", T0)[-1] == Watch(frozenset())
+
+
 # -- what it decides ----------------------------------------------------------------
 
 

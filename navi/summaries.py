@@ -1,0 +1,57 @@
+"""The one line of a notification that a person reads.  No I/O."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from navi.exitlog import is_sigkill
+from navi.notification import ExitInfo, Kind, MemoryInfo
+
+
+def mib(n: Optional[int]) -> str:
+    return "unknown" if n is None else f"{n / 1048576:.1f} MiB"
+
+
+def how(exit_info: ExitInfo) -> str:
+    """How it ended: "exit status 3", "killed by SIGSEGV (core dumped)"."""
+    if exit_info.signal is not None:
+        core = " (core dumped)" if exit_info.core_dumped else ""
+        return f"killed by {exit_info.signal}{core}"
+    if exit_info.code is not None:
+        return f"exit status {exit_info.code}"
+    return "exit status unknown"
+
+
+def _limit(memory: MemoryInfo) -> str:
+    return f"memory limit {mib(memory.limit_bytes)}, peak {mib(memory.peak_bytes)}"
+
+
+def death(name: str, kind: Kind, exit_info: ExitInfo, memory: Optional[MemoryInfo], startup: bool) -> str:
+    when = " during startup" if startup else ""
+    if kind == "crash":
+        return f"{name} crashed{when}: {how(exit_info)}"
+    assert memory is not None
+    if is_sigkill(exit_info.code, exit_info.signal_number):
+        return f"{name} was killed by the kernel's OOM killer{when} ({_limit(memory)})"
+    # The counter rose but this program was not itself SIGKILLed: the victim
+    # was most likely one of its children.
+    return (
+        f"{name} died{when} ({how(exit_info)}) after an OOM kill in its container, "
+        f"probably of a child process ({_limit(memory)})"
+    )
+
+
+def fatal(name: str, last_exit: ExitInfo) -> str:
+    known = not (last_exit.unavailable and last_exit.log_line is None)
+    return f"supervisord gave up restarting {name} (FATAL)" + (f"; its last exit: {how(last_exit)}" if known else "")
+
+
+def container_oom(kills: int, memory: Optional[MemoryInfo]) -> str:
+    """Kills no supervised program's death claimed."""
+    largest = f"; largest program: {memory.programs[0].name} ({mib(memory.programs[0].rss_bytes)})" if (
+        memory is not None and memory.programs) else ""
+    limit = _limit(memory) if memory else ""
+    return (
+        f"the kernel's OOM killer killed {kills} process(es) in the container, but no supervised program "
+        f"died: a child of a program, or another process, was the victim ({limit}{largest})"
+    )
