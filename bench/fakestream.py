@@ -1,4 +1,4 @@
-"""Footprint and throughput, on streams from ``navi fake`` (navi.play):
+"""Footprint and throughput, on streams from ``navi fake`` (navi.fake.play):
 the same events to Navi and to its peers, as fast as each acknowledges."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Union
 
 from bench import procfs
 from bench.latency import HERE, PY
-from navi.fakeworld import FakeWorld
-from navi.play import Played, Player, play
-from navi.sandbox import Sandbox, program
-from navi.scenario import Step, generate
+from navi.demo.sandbox import Sandbox, program
+from navi.fake.play import Played, Player, play
+from navi.fake.scenario import Step, generate
+from navi.fake.world import FakeWorld
 
 BIN = Path(PY).parent
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from navi.sandbox import Sandbox, Unavailable, memory_cgroup, program
+from navi.demo.sandbox import Sandbox, Unavailable, memory_cgroup, program
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable

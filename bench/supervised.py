@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench import procfs
 from bench.latency import HERE, PY, notification_names, wait
-from navi.sandbox import Sandbox, program
+from navi.demo.sandbox import Sandbox, program
 
 
 def startup_ms(runs: int) -> dict[str, list[float]]:

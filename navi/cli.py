@@ -8,10 +8,11 @@ import os
 import sys
 from typing import TYPE_CHECKING, Optional
 
-from navi import __version__, consumer_cli
+from navi import __version__
+from navi.consumer import cli as consumer_cli
 
 if TYPE_CHECKING:
-    from navi.listener import Settings
+    from navi.listener.shell import Settings
 
 # About 3 KB a notification: 10,000 of them is 30 MB of a 2 GB volume.
 MAX_FILES = 10000
@@ -120,9 +121,9 @@ def _listener_options(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     from datetime import timedelta
 
-    from navi.coalesce import RateLimit
-    from navi.core import Limits
-    from navi.listener import Settings
+    from navi.listener.coalesce import RateLimit
+    from navi.listener.core import Limits
+    from navi.listener.shell import Settings
 
     rate = RateLimit(
         burst=_count(args.burst, "--burst", BURST),
@@ -228,11 +229,11 @@ def _fake(args: argparse.Namespace, listener: list[str]) -> int:
     if args.fake_command == "record":
         protocol_fd = take_stdout()
         logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="navi: %(levelname)s: %(message)s")
-        from navi.record import record
+        from navi.fake.record import record
 
         return record(args.file, protocol_fd, args.supervisord_log, os.environ.get("SUPERVISOR_SERVER_URL"),
                       args.proc_root, args.cgroup_root)
-    from navi.play import command
+    from navi.fake.play import command
 
     return command(args.scenario, args.words, args.dir, args.cgroup, listener, args.quiet)
 
@@ -254,22 +255,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "listen":
         protocol_fd = take_stdout()
         logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="navi: %(levelname)s: %(message)s")
-        from navi.listener import listen
+        from navi.listener.shell import listen
 
         return listen(_settings(args), protocol_fd)
     if args.command == "demo":
-        from navi import demo as demo_module
+        from navi.demo import tour as demo_module
 
         return demo_module.main(args.dir)
     if args.command == "schema":
-        from navi.schema import schema_text
+        from navi.consumer.schema import schema_text
 
         sys.stdout.write(schema_text())
         return 0
     if args.command == "fake":
         return _fake(args, listener)
     if args.command == "doctor":
-        from navi import doctor
+        from navi.listener import doctor
 
         return doctor.main(_settings(args))
     if args.command in consumer_cli.COMMANDS:

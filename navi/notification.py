@@ -5,7 +5,7 @@
 
 Plain frozen dataclasses, encoded and decoded here with the standard
 library: the listener runs in the customer's memory limit, and pydantic
-alone would double its size.  ``navi.schema`` gives pydantic the same
+alone would double its size.  ``navi.consumer.schema`` gives pydantic the same
 classes, for the published JSON Schema and for consumers' validation.
 A field's ``description`` and ``alias`` (its key in the file) are in its
 metadata, where pydantic reads them too.
@@ -198,7 +198,7 @@ class FormatError(ValueError):
 
 def decode(cls: type[T], data: bytes) -> T:
     """Read back what :func:`encode` wrote (Navi's own state; consumers
-    should validate with ``navi.schema``, which says more)."""
+    should validate with ``navi.consumer.schema``, which says more)."""
     try:
         return _from_data(cls, json.loads(data), "")  # type: ignore[no-any-return]
     except (ValueError, TypeError) as e:

@@ -17,10 +17,10 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from navi import cgroup
-from navi.listener import STATE_FILE
-from navi.sandbox import Sandbox, Unavailable
-from navi.sandbox import memory_cgroup as memory_cgroup_of
+from navi.demo.sandbox import Sandbox, Unavailable
+from navi.demo.sandbox import memory_cgroup as memory_cgroup_of
+from navi.listener import cgroup
+from navi.listener.shell import STATE_FILE
 
 NOTIFICATION_NAME = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-\d{12}\.json$")
 

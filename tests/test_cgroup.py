@@ -1,4 +1,4 @@
-"""Tests for navi.cgroup on file trees that copy the kernel's formats exactly."""
+"""Tests for navi.listener.cgroup on file trees that copy the kernel's formats exactly."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from navi import cgroup
-from navi.cgroup import CgroupError, MemoryCgroup
+from navi.listener import cgroup
+from navi.listener.cgroup import CgroupError, MemoryCgroup
 
 # This machine's real /proc/self/cgroup (hybrid: memory on v1, "0::/" for v2).
 HOST_CGROUP = """9:name=systemd:/

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from navi.cgroup import MemorySnapshot
-from navi.classify import Classifier, Evidence, Incident, Origin, event_id, triage
-from navi.exitlog import ExitRecord, parse_exit
-from navi.protocol import Event
-from navi.rss import RssSample
+from navi.listener.cgroup import MemorySnapshot
+from navi.listener.classify import Classifier, Evidence, Incident, Origin, event_id, triage
+from navi.listener.exitlog import ExitRecord, parse_exit
+from navi.listener.procs import RssSample
+from navi.listener.protocol import Event
 
 ORIGIN = Origin(
     host="c0ffee",

@@ -7,8 +7,8 @@ from typing import Optional
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from navi.classify import Classifier, Evidence
-from navi.coalesce import Coalescer, Outgoing, Rate, RateLimit
+from navi.listener.classify import Classifier, Evidence
+from navi.listener.coalesce import Coalescer, Outgoing, Rate, RateLimit
 from navi.notification import decode, encode
 from tests.test_classify import ORIGIN, exited, fatal, memory, record
 

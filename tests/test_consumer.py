@@ -17,7 +17,7 @@ from typing import Any, Optional
 import pytest
 
 from navi import cli
-from navi.consumer import ConsumerError, Found, Inbox, Pending, Problem
+from navi.consumer.inbox import ConsumerError, Found, Inbox, Pending, Problem
 from tests.consumer_helpers import name_of, publish, sample
 
 PASSWD = Path("/etc/passwd")
@@ -296,9 +296,9 @@ def test_prune_removes_old_claims_and_quarantine_without_following_links(hostile
 def test_the_listener_never_loads_pydantic() -> None:
     """The consumer commands share the listener's parser; their imports must
     not grow the listener (pydantic alone would double it)."""
-    code = ("import sys, navi.cli, navi.listener; navi.cli._parser().parse_args(['listen']); "
+    code = ("import sys, navi.cli, navi.listener.shell; navi.cli._parser().parse_args(['listen']); "
             "print(sorted(m for m in sys.modules\n"
-            "             if m.split('.')[0] == 'pydantic' or m in ('navi.consumer', 'navi.schema')))")
+            "             if m.split('.')[0] == 'pydantic' or m in ('navi.consumer.inbox', 'navi.consumer.schema')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
 

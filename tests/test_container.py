@@ -37,7 +37,8 @@ from typing import Any, Optional
 
 import pytest
 
-from navi import __version__, cgroup
+from navi import __version__
+from navi.listener import cgroup
 from tests.conftest import NOTIFICATION_NAME, has_memory_cgroup
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,12 +16,12 @@ from typing import Optional
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from navi.cgroup import MemorySnapshot
-from navi.classify import Origin
-from navi.coalesce import RateLimit
-from navi.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, Watch
+from navi.listener.cgroup import MemorySnapshot
+from navi.listener.classify import Origin
+from navi.listener.coalesce import RateLimit
+from navi.listener.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, Watch
+from navi.listener.protocol import Event
 from navi.notification import Notification, decode, encode
-from navi.protocol import Event
 
 T0 = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
 ORIGIN = Origin(host="h", supervisord_pid=1, supervisord_started=T0, supervisord_key="boot:1:100",

@@ -10,8 +10,8 @@ from typing import Optional
 
 import pytest
 
-from navi.deaths import DeathWatch
-from navi.sandbox import program
+from navi.demo.sandbox import program
+from navi.listener.deaths import DeathWatch
 from tests.conftest import E2ESandbox, SandboxFactory
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no os.pidfd_open on this platform")

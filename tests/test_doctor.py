@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from navi import cgroup
-from navi.doctor import (
+from navi.demo.sandbox import program, shipped_config_dir
+from navi.fake.world import FakeWorld
+from navi.listener import cgroup
+from navi.listener.doctor import (
     FAIL,
     OK,
     SHIPPED_URL,
@@ -36,9 +38,7 @@ from navi.doctor import (
     mount_of,
     render,
 )
-from navi.fakeworld import FakeWorld
-from navi.listener import Settings
-from navi.sandbox import program, shipped_config_dir
+from navi.listener.shell import Settings
 from tests.conftest import SandboxFactory, has_memory_cgroup
 
 CONTAINER_CGROUP = "/libpod_parent/libpod-5f1c"

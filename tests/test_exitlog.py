@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from navi.exitlog import MAX_PER_PROCESS, ExitLog, parse_exit
+from navi.listener.exitlog import MAX_PER_PROCESS, ExitLog, parse_exit
 
 T = "2026-11-24 23:00:00,123"
 

@@ -16,10 +16,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from navi.fake import ListenerState, ProtocolMisuse, Ready, Result, Supervisor, Violation, envelope_text
-from navi.protocol import OK, READY, Event
-from navi.record import current_lifetime, header_line
-from navi.scenario import (
+from navi.fake.record import current_lifetime, header_line
+from navi.fake.scenario import (
     Log,
     Memory,
     Program,
@@ -33,6 +31,8 @@ from navi.scenario import (
     parse,
     payload,
 )
+from navi.fake.wire import ListenerState, ProtocolMisuse, Ready, Result, Supervisor, Violation, envelope_text
+from navi.listener.protocol import OK, READY, Event
 from tests.test_protocol import drive
 
 # supervisor itself, to hold the fake to.  (Imported by name: it has no type

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from navi.fakeworld import FakeWorld
-from navi.play import Outcome, play
-from navi.sandbox import program
-from navi.scenario import Log, Memory, Send, Step, Supervisord, generate, parse
+from navi.demo.sandbox import program
+from navi.fake.play import Outcome, play
+from navi.fake.scenario import Log, Memory, Send, Step, Supervisord, generate, parse
+from navi.fake.world import FakeWorld
 
 if TYPE_CHECKING:
     from tests.conftest import SandboxFactory

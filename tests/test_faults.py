@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from navi.sandbox import program
+from navi.demo.sandbox import program
 from tests.conftest import triggered
 
 if TYPE_CHECKING:
@@ -125,8 +125,8 @@ def test_a_full_disk_holds_notifications_until_space_returns(
 def test_a_hostile_neighbour_cannot_redirect_or_block_navi(sandbox: SandboxFactory, scratch_dir: Path) -> None:
     """The application (same uid) knows the next names: it plants links to a
     file outside and a FIFO there.  Navi writes beside them and follows none."""
-    from navi.spool import file_name
-    from navi.supervisord import identity
+    from navi.listener.mainlog import identity
+    from navi.listener.spool import file_name
 
     precious = scratch_dir / "precious"
     precious.write_bytes(b"the application's own data")
@@ -151,15 +151,15 @@ def test_a_hostile_neighbour_cannot_redirect_or_block_navi(sandbox: SandboxFacto
 
 DIE_BEFORE_ACK = """
 import os, sys
-import navi.spool
-publish = navi.spool.Spool.publish
+import navi.listener.spool
+publish = navi.listener.spool.Spool.publish
 def publish_then_die(self, *args, **kwargs):
     written = publish(self, *args, **kwargs)
     if written and not os.path.exists(sys.argv[1]):  # only the first Navi, only once
         open(sys.argv[1], "w").close()
         os._exit(70)  # the worst moment: written, not acknowledged
     return written
-navi.spool.Spool.publish = publish_then_die
+navi.listener.spool.Spool.publish = publish_then_die
 from navi.cli import main
 sys.exit(main(["listen"]))
 """

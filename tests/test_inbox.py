@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from navi import inbox, inotify
-from navi.inbox import (
+from navi import inotify
+from navi.consumer import entries as inbox
+from navi.consumer.entries import (
     LINK_GRACE,
     MAX_SIZE,
     Accept,
@@ -33,8 +34,8 @@ from navi.inbox import (
     order_key,
     shown,
 )
+from navi.listener.spool import file_name
 from navi.notification import SCHEMA_VERSION, Notification
-from navi.spool import file_name
 from tests.consumer_helpers import sample
 
 NOW = 1_800_000_000.0

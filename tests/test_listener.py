@@ -1,6 +1,6 @@
-"""``navi listen`` as a process, driven as supervisord drives it (navi.play,
+"""``navi listen`` as a process, driven as supervisord drives it (navi.fake.play,
 strict as supervisord), on file trees that reproduce the kernel's cgroup v2
-formats and supervisord's log (navi.fakeworld)."""
+formats and supervisord's log (navi.fake.world)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typing import Any, Optional
 
 import pytest
 
-from navi.fakeworld import FakeWorld
-from navi.play import Player
-from navi.protocol import OK, READY
-from navi.scenario import log_time
+from navi.fake.play import Player
+from navi.fake.scenario import log_time
+from navi.fake.world import FakeWorld
+from navi.listener.protocol import OK, READY
 from tests.test_protocol import envelope
 
 NAVI = (sys.executable, "-m", "navi", "listen")
@@ -319,8 +319,8 @@ def test_an_incident_loads_no_module(world: FakeWorld) -> None:
     memory limit is the worst moment to import."""
     script = (
         "import sys, json\n"
-        "from navi.listener import Shell, Settings\n"
-        "from navi.protocol import Event\n"
+        "from navi.listener.shell import Shell, Settings\n"
+        "from navi.listener.protocol import Event\n"
         "env = json.loads(sys.argv[1])\n"
         "shell = Shell(Settings(env['NAVI_NOTIFICATIONS_DIR'], env['NAVI_CGROUP_ROOT'], env['NAVI_PROC_ROOT'],\n"
         "                       None, env['NAVI_SUPERVISORD_LOG'], 100, 1 << 20))\n"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from navi.supervisord import FileLog, Identity, LogTail, LogUnavailable, RpcLog, identity, new_lines
+from navi.listener.mainlog import FileLog, Identity, LogTail, LogUnavailable, RpcLog, identity, new_lines
 
 
 class GrowingLog:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from navi import schema
+from navi.consumer import schema
 from navi.notification import SCHEMA_VERSION, FormatError, Notification, decode
 
 st.register_type_strategy(

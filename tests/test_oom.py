@@ -9,11 +9,11 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from navi.sandbox import program
+from navi.demo.sandbox import program
 from tests.conftest import triggered
 
 if TYPE_CHECKING:
-    from navi.cgroup import MemoryCgroup
+    from navi.listener.cgroup import MemoryCgroup
     from tests.conftest import SandboxFactory
 
 LIMIT = 134217728  # what the memory_cgroup fixture sets: 128 MiB, no swap

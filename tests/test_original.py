@@ -10,8 +10,8 @@ from typing import Any, Optional
 
 import pytest
 
-from navi.fakeworld import FakeWorld
-from navi.spool import Spool, next_seconds, original_name
+from navi.fake.world import FakeWorld
+from navi.listener.spool import Spool, next_seconds, original_name
 from tests.test_listener import die, ended, exited_payload, notifications, start, stderr
 
 ORIGINAL_KEYS = ["Header", "Metadata", "Payload", "ReceivedAt"]

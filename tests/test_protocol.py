@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from navi.fake import envelope_text
-from navi.protocol import (
+from navi.fake.wire import envelope_text
+from navi.listener.protocol import (
     CLOSED,
     MAX_HEADER_BYTES,
     NEED_DATA,

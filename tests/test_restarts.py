@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
-from navi import rpc
-from navi.listener import STATE_FILE
-from navi.sandbox import program
+from navi.demo.sandbox import program
+from navi.listener import rpc
+from navi.listener.shell import STATE_FILE
 from tests.conftest import E2ESandbox, descendants, kill_leftovers
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from navi import rpc
+from navi.listener import rpc
 from tests.conftest import SandboxFactory
 
 ints = st.integers(-(2**31), 2**31 - 1)

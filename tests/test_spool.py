@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from navi.spool import Spool, SpoolError, file_name
+from navi.listener.spool import Spool, SpoolError, file_name
 
 
 def test_publish_writes_the_whole_file_and_no_temp(tmp_path: Path) -> None:

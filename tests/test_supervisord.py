@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from navi.sandbox import program
+from navi.demo.sandbox import program
 from tests.conftest import has_memory_cgroup, triggered
 
 if TYPE_CHECKING:
@@ -324,7 +324,7 @@ def test_missing_notifications_dir(sandbox: SandboxFactory, scratch_dir: Path) -
 def test_log_tail_starting_inside_a_character(sandbox: SandboxFactory) -> None:
     """supervisord cannot decode a readLog tail that starts inside a
     multi-byte character (it answers HTTP 500): Navi starts a byte later."""
-    from navi.supervisord import RpcLog
+    from navi.listener.mainlog import RpcLog
 
     box = sandbox(program("日本語", "sleep 3600"))
     box.wait_states({"日本語": "RUNNING"})

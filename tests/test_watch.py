@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import pytest
 
 from navi import inotify
-from navi.consumer import Found, Problem
-from navi.sandbox import program
-from navi.watch import Item, Notice, Watch
+from navi.consumer.inbox import Found, Problem
+from navi.consumer.watch import Item, Notice, Watch
+from navi.demo.sandbox import program
 from tests.conftest import triggered
 from tests.consumer_helpers import name_of, publish, sample
 

@@ -20,7 +20,7 @@ touch it there.  A claimed entry that is not a notification is moved on into
 
 Example::
 
-    from navi.consumer import Inbox, Found
+    from navi.consumer.inbox import Inbox, Found
 
     with Inbox("/mnt/notifications") as inbox:
         for item in inbox.claim_all():       # or inbox.scan() to only read
@@ -43,8 +43,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from navi import inbox as core
-from navi.inbox import MAX_SIZE, Accept, Entry, Ignore, Open, Wait, kind_of, shown
+from navi.consumer import entries as core
+from navi.consumer.entries import MAX_SIZE, Accept, Entry, Ignore, Open, Wait, kind_of, shown
 from navi.notification import Notification
 
 CLAIM_DIR = ".claimed"  # default, inside the notifications directory: always the same filesystem

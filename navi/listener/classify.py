@@ -14,9 +14,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Optional
 
-from navi import summaries
-from navi.cgroup import MemorySnapshot
-from navi.exitlog import ExitRecord, is_sigkill
+from navi.listener import summaries
+from navi.listener.cgroup import MemorySnapshot
+from navi.listener.exitlog import ExitRecord, is_sigkill
+from navi.listener.procs import RssSample
+from navi.listener.protocol import Event
 from navi.notification import (
     SCHEMA_VERSION,
     ExitInfo,
@@ -27,8 +29,6 @@ from navi.notification import (
     ProgramMemory,
     Source,
 )
-from navi.protocol import Event
-from navi.rss import RssSample
 
 MAX_REMEMBERED_EXITS = 512
 MAX_PROGRAMS_LISTED = 10

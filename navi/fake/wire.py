@@ -1,6 +1,6 @@
 """supervisord's end of the eventlistener protocol, without I/O.
 
-The mirror of :mod:`navi.protocol`: :meth:`Supervisor.envelope` gives the
+The mirror of :mod:`navi.listener.protocol`: :meth:`Supervisor.envelope` gives the
 bytes supervisord writes for an event, and :meth:`Supervisor.receive_data`
 reads a listener's stdout exactly as supervisor 4's
 ``PEventListenerDispatcher`` does, saying which tokens were valid and where
@@ -14,7 +14,7 @@ import enum
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from navi.protocol import READY, parse_tokens
+from navi.listener.protocol import READY, parse_tokens
 
 RESULT_PREFIX = b"RESULT "
 UNKNOWN_NOTE = "supervisord marks the listener UNKNOWN and sends it no more events"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from navi.protocol import Event
+from navi.listener.protocol import Event
 
 
 class Running:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from navi.sandbox import Sandbox, Unavailable, memory_cgroup, program
+from navi.demo.sandbox import Sandbox, Unavailable, memory_cgroup, program
 
 OOM_LIMIT = 192 << 20
 

@@ -3,7 +3,7 @@ a notification wrong or missing, each with what to do.
 
 ``diagnose`` is pure: the gathered facts in, findings out.  ``gather`` is the
 thin shell that collects the facts with the listener's own readers
-(navi.cgroup, navi.supervisord, navi.spool) and the options of ``navi
+(navi.listener.cgroup, navi.listener.mainlog, navi.listener.spool) and the options of ``navi
 listen``, so that it checks what the listener would use.
 """
 
@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Optional
 
-from navi import __version__, cgroup, rpc
-from navi.listener import Settings
-from navi.spool import Spool, SpoolError
-from navi.supervisord import FileLog, LogUnavailable, RpcLog, identity
+from navi import __version__
+from navi.listener import cgroup, rpc
+from navi.listener.mainlog import FileLog, LogUnavailable, RpcLog, identity
+from navi.listener.shell import Settings
+from navi.listener.spool import Spool, SpoolError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 

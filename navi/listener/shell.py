@@ -2,7 +2,7 @@
 
 stdin and the protocol fd speak the eventlistener protocol; everything else
 (supervisord's log, the memory cgroup, the notification directory) is read
-or written here, and every decision is made by :class:`navi.core.Core`: the
+or written here, and every decision is made by :class:`navi.listener.core.Core`: the
 shell gathers the readings it asks for and carries out its actions, in order.
 """
 
@@ -14,15 +14,17 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Optional
 
-from navi import __version__, cgroup, rpc, rss
-from navi.classify import Origin
-from navi.coalesce import Outgoing
-from navi.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, Watch
-from navi.deaths import DeathWatch
+from navi import __version__
+from navi.listener import cgroup, rpc
+from navi.listener import procs as rss
+from navi.listener.classify import Origin
+from navi.listener.coalesce import Outgoing
+from navi.listener.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, Watch
+from navi.listener.deaths import DeathWatch
+from navi.listener.mainlog import FileLog, LogTail, LogUnavailable, RpcLog, identity
+from navi.listener.protocol import CLOSED, NEED_DATA, BadInput, Event, Listener
+from navi.listener.spool import Spool, SpoolError, next_seconds, original_name
 from navi.notification import FormatError, Original, decode, encode
-from navi.protocol import CLOSED, NEED_DATA, BadInput, Event, Listener
-from navi.spool import Spool, SpoolError, next_seconds, original_name
-from navi.supervisord import FileLog, LogTail, LogUnavailable, RpcLog, identity
 
 log = logging.getLogger("navi")
 

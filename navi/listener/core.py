@@ -20,15 +20,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Optional, Union
 
-from navi.cgroup import MemorySnapshot
-from navi.classify import OOM_WINDOW, Classifier, Evidence, Incident, Origin, triage
-from navi.coalesce import Coalescer, Outgoing, Rate, RateLimit
-from navi.exitlog import ExitLog, ExitRecord
+from navi.listener.cgroup import MemorySnapshot
+from navi.listener.classify import OOM_WINDOW, Classifier, Evidence, Incident, Origin, triage
+from navi.listener.coalesce import Coalescer, Outgoing, Rate, RateLimit
+from navi.listener.exitlog import ExitLog, ExitRecord
+from navi.listener.procs import RssSample
+from navi.listener.protocol import Event
+from navi.listener.running import Running
+from navi.listener.spool import file_name
 from navi.notification import Notification
-from navi.protocol import Event
-from navi.rss import RssSample
-from navi.running import Running
-from navi.spool import file_name
 
 STATE_VERSION = 2
 

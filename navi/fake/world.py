@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from navi.scenario import DEFAULT_START, Log, Memory, Step, log_time
+from navi.fake.scenario import DEFAULT_START, Log, Memory, Step, log_time
 
 CONTAINER = "/libpod_parent/libpod-6e1f2d"
 V1_CGROUP = f"12:pids:{CONTAINER}\n4:memory:{CONTAINER}\n1:name=systemd:{CONTAINER}\n0::{CONTAINER}\n"

@@ -21,9 +21,9 @@ import os
 from datetime import datetime, timezone
 from typing import Optional
 
-from navi import cgroup
-from navi.protocol import CLOSED, NEED_DATA, BadInput, Event, Listener
-from navi.supervisord import FileLog, LogTail, LogUnavailable, RpcLog
+from navi.listener import cgroup
+from navi.listener.mainlog import FileLog, LogTail, LogUnavailable, RpcLog
+from navi.listener.protocol import CLOSED, NEED_DATA, BadInput, Event, Listener
 
 log = logging.getLogger("navi")
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Optional, Union
 
-from navi.protocol import parse_tokens
+from navi.listener.protocol import parse_tokens
 
 DEFAULT_START = 1764025200.0  # 2025-11-24 23:00:00 UTC: log time stamps and TICKs start here
 # Above the kernel's PID_MAX_LIMIT (2**22), so a fake pid never names a real
@@ -265,7 +265,7 @@ class Supervisord:
             raise ScenarioError(f"{text!r}: say oom_kill N (the counter's value) or oom_kill +N (new kills)")
 
     def _recorded(self, text: str) -> None:
-        """One line of a recording (see navi.record)."""
+        """One line of a recording (see navi.fake.record)."""
         try:
             record = json.loads(text)
         except ValueError as e:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Optional, Protocol
 
-from navi import rpc
+from navi.listener import rpc
 
 FIRST_TAIL = 1 << 20  # at start, enough for the current supervisord's recent past
 TAIL = 16 << 10

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Union
 
+from navi.consumer.schema import InvalidNotification, parse
 from navi.notification import Notification
-from navi.schema import InvalidNotification, parse
 
 # Notifications are a few KB; read no more of a planted file than this.
 MAX_SIZE = 1 << 20

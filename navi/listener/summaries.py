@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from navi.exitlog import is_sigkill
+from navi.listener.exitlog import is_sigkill
 from navi.notification import ExitInfo, Kind, MemoryInfo
 
 

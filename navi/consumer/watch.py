@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from navi import inotify
-from navi.consumer import CLAIM_DIR, ConsumerError, Found, Inbox, Pending, Problem
-from navi.inbox import by_name, shown
+from navi.consumer.entries import by_name, shown
+from navi.consumer.inbox import CLAIM_DIR, ConsumerError, Found, Inbox, Pending, Problem
 
 RETRY = 0.25  # seconds until a publication in progress is looked at again
 PRUNE_EVERY = 3600.0

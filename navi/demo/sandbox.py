@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from navi import cgroup, rpc
+from navi.listener import cgroup, rpc
 
 MNT_DIRS = ("app", "home", "log", "notifications", "tmp")
 

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from navi.consumer import Found, Inbox, Result
+    from navi.consumer.inbox import Found, Inbox, Result
     from navi.notification import Notification
 
 COMMANDS = ("ls", "show", "watch", "ack")
@@ -154,7 +154,7 @@ WATCH_WIDTHS = (23, 5, 16, 8, 5, 0)
 
 
 def row(f: Found, paths: bool) -> tuple[str, ...]:
-    from navi.inbox import shown
+    from navi.consumer.entries import shown
 
     n = f.notification
     return (when(n.time), n.type, shown(program(n)), shown(exit_text(n)), str(n.count),
@@ -176,7 +176,7 @@ def mib(n: Optional[int]) -> str:
 
 def pretty(found: Found) -> str:
     """A notification laid out for a person."""
-    from navi.inbox import shown
+    from navi.consumer.entries import shown
 
     n = found.notification
     lines = [(n.type, n.summary), ("file", found.claimed or found.path)]
@@ -233,7 +233,7 @@ def pretty(found: Found) -> str:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from navi.consumer import ConsumerError, Found, Inbox
+    from navi.consumer.inbox import ConsumerError, Found, Inbox
 
     status = 0
     dirs = _expand(args.dirs)
@@ -265,7 +265,7 @@ def _ls(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     import json
 
-    from navi.consumer import ConsumerError, Found, Inbox, Pending
+    from navi.consumer.inbox import ConsumerError, Found, Inbox, Pending
 
     what: str = args.what
     if os.path.lexists(what):
@@ -304,7 +304,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _by_id(prefix: str, dirs: list[str], claim_dir: str) -> list[Found]:
-    from navi.consumer import ConsumerError, Found, Inbox
+    from navi.consumer.inbox import ConsumerError, Found, Inbox
 
     if len(prefix) < 4:
         return []
@@ -332,8 +332,8 @@ def _as_claimed(item: Found, origin: str) -> Found:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from navi.consumer import Found
-    from navi.watch import Notice, Watch
+    from navi.consumer.inbox import Found
+    from navi.consumer.watch import Notice, Watch
 
     follow = Watch(
         args.globs, claim=args.ack, claim_dir=args.claim_dir, keep=args.keep * 86400,
@@ -366,7 +366,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _ack(args: argparse.Namespace) -> int:
-    from navi.consumer import ConsumerError, Inbox
+    from navi.consumer.inbox import ConsumerError, Inbox
 
     if args.all:
         todo = [(directory, None) for directory in _expand(args.paths or [DEFAULT_DIR])]
@@ -395,7 +395,7 @@ def _ack(args: argparse.Namespace) -> int:
 
 
 def _claim(inbox: Inbox, name: Optional[str], as_json: bool) -> int:
-    from navi.consumer import Found, Pending
+    from navi.consumer.inbox import Found, Pending
 
     status = 0
     results: list[Optional[Result]]

@@ -2,11 +2,11 @@
 
 :class:`Player` spawns the listener with pipes on its stdin and stdout,
 waits for READY, sends each event and reads the answer through
-:class:`navi.fake.Supervisor`, which is as strict as supervisord.  The first
+:class:`navi.fake.wire.Supervisor`, which is as strict as supervisord.  The first
 violation that would put the listener in UNKNOWN ends the play, as it would
 end the listener's supply of events under supervisord.  :func:`play` runs a
-whole scenario (see :mod:`navi.scenario`), applying its log lines and cgroup
-changes to a :class:`navi.fakeworld.FakeWorld` before the events they go with.
+whole scenario (see :mod:`navi.fake.scenario`), applying its log lines and cgroup
+changes to a :class:`navi.fake.world.FakeWorld` before the events they go with.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from navi.fake import ListenerState, Ready, Result, Supervisor, Violation
-from navi.fakeworld import FakeWorld
-from navi.scenario import Log, Memory, Say, ScenarioError, Send, Step, Supervisord, from_words, log_time, parse
+from navi.fake.scenario import Log, Memory, Say, ScenarioError, Send, Step, Supervisord, from_words, log_time, parse
+from navi.fake.wire import ListenerState, Ready, Result, Supervisor, Violation
+from navi.fake.world import FakeWorld
 
 TIMEOUT = 10.0  # for READY and RESULT; supervisord itself would wait forever
 MAX_REJECTIONS = 3  # supervisord resends a rejected event at once, forever

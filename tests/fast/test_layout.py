@@ -1,0 +1,101 @@
+"""The wings' rules, read from the imports of every module (at any depth:
+a function-local import counts the same).
+
+- ``navi/listener/`` imports nothing from the other wings, nor pydantic:
+  it runs in the customer's memory limit.
+- The other wings use the listener only through ``navi.listener.shell`` itself
+  (what its ``__init__`` exports), never its modules.
+- The consumer needs nothing of the listener or the fake.
+- What sits at the top (the format, the naming contract, the protocol's
+  words) belongs to no wing and imports none.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+NAVI = Path(__file__).resolve().parents[2] / "navi"
+WINGS = ("listener", "consumer", "fake", "demo")
+
+
+def imports(path: Path) -> list[str]:
+    """Every module ``path`` imports, absolute."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = ".".join(path.relative_to(NAVI.parent).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            # "from navi import listener" imports the module navi.listener.shell.
+            found += [f"{base}.{alias.name}" if base in ("navi", *(f"navi.{w}" for w in WINGS)) else base
+                      for alias in node.names]
+    return found
+
+
+def wing_of(module: str) -> Optional[str]:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "navi" and parts[1] in WINGS else None
+
+
+def broken_rules(path: Path) -> list[str]:
+    module = ".".join(path.relative_to(NAVI.parent).with_suffix("").parts)
+    own = wing_of(module)
+    problems = []
+    for name in imports(path):
+        top = name.split(".")[0]
+        other = wing_of(name)
+        if own == "listener" and (top == "pydantic" or other not in (None, "listener")):
+            problems.append(f"{module} imports {name}: the listener imports no other wing, nor pydantic")
+        elif own is None and module != "navi.cli" and other is not None:
+            problems.append(f"{module} imports {name}: the shared top imports no wing")
+        elif own not in (None, "listener") and other == "listener" and name not in ("navi.listener.shell",):
+            problems.append(f"{module} imports {name}: other wings use only what navi.listener.shell exports")
+        elif own == "consumer" and other in ("listener", "fake", "demo"):
+            problems.append(f"{module} imports {name}: the consumer needs no other wing")
+    return problems
+
+
+def test_every_module_keeps_to_its_wing() -> None:
+    modules = sorted(NAVI.rglob("*.py"))
+    assert len(modules) > 20
+    assert [p for m in modules for p in broken_rules(m)] == []
+
+
+def test_a_planted_import_is_caught(tmp_path: Path) -> None:
+    """The rule can fail: the same check on a listener module that imports
+    the consumer, and pydantic."""
+    planted = NAVI / "listener" / "_planted_for_test.py"
+    planted.write_text("import pydantic\n\n\ndef f() -> None:\n    from navi.consumer.inbox import inbox  # noqa: F401\n")
+    try:
+        assert broken_rules(planted) == [
+            "navi.listener.shell._planted_for_test imports pydantic: the listener imports no other wing, nor pydantic",
+            "navi.listener.shell._planted_for_test imports navi.consumer.inbox.inbox: the listener imports no other wing, "
+            "nor pydantic",
+        ]
+    finally:
+        planted.unlink()
+
+
+def test_navi_listen_loads_only_the_listener_wing() -> None:
+    """``navi listen``'s start-up, as the command runs it, up to serving."""
+    script = (
+        "import sys\n"
+        "import navi.cli\n"
+        "import navi.listener.shell.shell as shell\n"
+        "shell.listen = lambda settings, fd: 0\n"
+        "navi.cli.main(['listen'])\n"
+        "wings = sorted({m.split('.')[1] for m in sys.modules if m.startswith('navi.') and m.count('.') >= 2})\n"
+        "print(wings, 'pydantic' in sys.modules)\n"  # on stderr: navi listen keeps stdout for the protocol
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1] == "['listener'] False", done.stderr
