@@ -293,19 +293,6 @@ def test_prune_removes_old_claims_and_quarantine_without_following_links(hostile
     assert PASSWD.is_file()
 
 
-def test_the_listener_never_loads_pydantic() -> None:
-    """The consumer commands share the listener's parser; their imports must
-    not grow the listener (pydantic alone would double it)."""
-    code = ("import sys, navi.cli, navi.listener.shell; navi.cli._parser().parse_args(['listen']); "
-            "print(sorted(m for m in sys.modules\n"
-            "             if m.split('.')[0] == 'pydantic' or m in ('navi.consumer.inbox', 'navi.consumer.schema')))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.stdout.strip() == "[]", done.stdout + done.stderr
-
-
-# The commands' output, on a directory the real spool wrote.
-
-
 def test_ls_lists_in_order_and_reports_the_rest_on_stderr(hostile: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["ls", str(hostile)]) == 0
     out, err = capsys.readouterr()

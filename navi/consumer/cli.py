@@ -1,9 +1,5 @@
-"""``navi ls``, ``navi show``, ``navi watch``, ``navi ack``: the polling
-side's commands (their arguments and their output).
-
-Nothing here imports pydantic until one of them runs: ``navi listen`` parses
-its arguments with the same parser, and its footprint counts.
-"""
+"""``navi ls``, ``navi show``, ``navi watch``, ``navi ack``, ``navi schema``:
+the polling side's commands (their arguments and their output)."""
 
 from __future__ import annotations
 
@@ -13,14 +9,17 @@ import glob
 import os
 import signal
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-if TYPE_CHECKING:
-    from navi.consumer.inbox import Found, Inbox, Result
-    from navi.notification import Notification
+from navi import __version__
+from navi.consumer.entries import shown
+from navi.consumer.inbox import ConsumerError, Found, Inbox, Pending, Result
+from navi.consumer.schema import schema_text
+from navi.consumer.watch import Notice, Watch
+from navi.notification import Notification
 
-COMMANDS = ("ls", "show", "watch", "ack")
 DEFAULT_DIR = "/mnt/notifications"
 KEEP_DAYS = 7.0
 
@@ -35,7 +34,10 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="navi", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"navi {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
     claim_dir_help = (
         "where claimed notifications go; a relative path is taken inside each notifications directory "
         "(default: %(default)s)"
@@ -96,15 +98,27 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     ack.add_argument("--keep", metavar="DAYS", type=float, default=KEEP_DAYS,
                      help="remove claimed and quarantined files after DAYS (inf: never; default: %(default)g)")
     ack.add_argument("--json", action="store_true", help="print each claimed notification as a JSON line")
+    commands.add_parser(
+        "schema", help="print the JSON Schema of the notification files",
+        description="Print the JSON Schema of the notification format (also in the package, as "
+        "navi/notification.schema.json).",
+    )
+    return parser
 
 
-def main(args: argparse.Namespace) -> int:
-    command = {"ls": _ls, "show": _show, "watch": _watch, "ack": _ack}[args.command]
+def main(argv: list[str], protocol_fd: Optional[int] = None) -> int:
+    args = _parser().parse_args(argv)
+    command = {"ls": _ls, "show": _show, "watch": _watch, "ack": _ack, "schema": _schema}[args.command]
     try:
         return command(args)
     except BrokenPipeError:
         _quiet_stdout()
         return 1
+
+
+def _schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(schema_text())
+    return 0
 
 
 def _say(text: str) -> None:
@@ -154,7 +168,6 @@ WATCH_WIDTHS = (23, 5, 16, 8, 5, 0)
 
 
 def row(f: Found, paths: bool) -> tuple[str, ...]:
-    from navi.consumer.entries import shown
 
     n = f.notification
     return (when(n.time), n.type, shown(program(n)), shown(exit_text(n)), str(n.count),
@@ -176,7 +189,6 @@ def mib(n: Optional[int]) -> str:
 
 def pretty(found: Found) -> str:
     """A notification laid out for a person."""
-    from navi.consumer.entries import shown
 
     n = found.notification
     lines = [(n.type, n.summary), ("file", found.claimed or found.path)]
@@ -233,7 +245,6 @@ def pretty(found: Found) -> str:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from navi.consumer.inbox import ConsumerError, Found, Inbox
 
     status = 0
     dirs = _expand(args.dirs)
@@ -265,7 +276,6 @@ def _ls(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     import json
 
-    from navi.consumer.inbox import ConsumerError, Found, Inbox, Pending
 
     what: str = args.what
     if os.path.lexists(what):
@@ -304,7 +314,6 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _by_id(prefix: str, dirs: list[str], claim_dir: str) -> list[Found]:
-    from navi.consumer.inbox import ConsumerError, Found, Inbox
 
     if len(prefix) < 4:
         return []
@@ -323,7 +332,6 @@ def _by_id(prefix: str, dirs: list[str], claim_dir: str) -> list[Found]:
 
 
 def _as_claimed(item: Found, origin: str) -> Found:
-    from dataclasses import replace
 
     return replace(item, directory=origin, claimed=item.path)
 
@@ -332,8 +340,6 @@ def _as_claimed(item: Found, origin: str) -> Found:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from navi.consumer.inbox import Found
-    from navi.consumer.watch import Notice, Watch
 
     follow = Watch(
         args.globs, claim=args.ack, claim_dir=args.claim_dir, keep=args.keep * 86400,
@@ -366,7 +372,6 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _ack(args: argparse.Namespace) -> int:
-    from navi.consumer.inbox import ConsumerError, Inbox
 
     if args.all:
         todo = [(directory, None) for directory in _expand(args.paths or [DEFAULT_DIR])]
@@ -395,7 +400,6 @@ def _ack(args: argparse.Namespace) -> int:
 
 
 def _claim(inbox: Inbox, name: Optional[str], as_json: bool) -> int:
-    from navi.consumer.inbox import Found, Pending
 
     status = 0
     results: list[Optional[Result]]

@@ -39,7 +39,7 @@ def program(name: str, command: str, **options: object) -> str:
 
 def shipped_config_dir() -> Path:
     """``supervisor/`` of a source checkout, else where ``pip install`` put it."""
-    checkout = Path(__file__).resolve().parent.parent / "supervisor"
+    checkout = Path(__file__).resolve().parents[2] / "supervisor"
     if (checkout / "supervisord.conf").is_file():
         return checkout
     return Path(sys.prefix) / "share" / "navi" / "supervisor"

@@ -7,6 +7,7 @@ a writable memory cgroup), one of them is OOM-killed by the kernel for real.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -86,7 +87,7 @@ def _run(box: Sandbox, progress: Progress, oom: bool) -> None:
         time.sleep(0.1)
 
 
-def main(directory: Optional[str] = None) -> int:
+def run(directory: Optional[str] = None) -> int:
     progress = Progress()
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="navi-demo-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -111,3 +112,14 @@ def main(directory: Optional[str] = None) -> int:
     print(f"supervisord's log: {root / 'mnt' / 'log' / 'supervisord.log'}; Navi's: {root / 'mnt' / 'log' / 'navi.log'}")
     print(f"(remove with: rm -r {root})")
     return 0
+
+
+def main(argv: list[str], protocol_fd: Optional[int] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="navi demo",
+        description="Start real supervisord from the shipped configuration under a temporary /mnt, let programs "
+        "crash in several ways (and be OOM-killed, where a memory cgroup can be made), and print the "
+        "notifications Navi wrote.",
+    )
+    parser.add_argument("--dir", metavar="DIR", help="lay out the temporary /mnt here (default: a new temp dir)")
+    return run(parser.parse_args(argv[1:]).dir)

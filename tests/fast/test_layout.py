@@ -3,7 +3,7 @@ a function-local import counts the same).
 
 - ``navi/listener/`` imports nothing from the other wings, nor pydantic:
   it runs in the customer's memory limit.
-- The other wings use the listener only through ``navi.listener.shell`` itself
+- The other wings use the listener only through ``navi.listener`` itself
   (what its ``__init__`` exports), never its modules.
 - The consumer needs nothing of the listener or the fake.
 - What sits at the top (the format, the naming contract, the protocol's
@@ -35,7 +35,7 @@ def imports(path: Path) -> list[str]:
             if node.level:
                 parts = package.split(".")
                 base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-            # "from navi import listener" imports the module navi.listener.shell.
+            # "from navi import listener" imports the module navi.listener.
             found += [f"{base}.{alias.name}" if base in ("navi", *(f"navi.{w}" for w in WINGS)) else base
                       for alias in node.names]
     return found
@@ -57,8 +57,8 @@ def broken_rules(path: Path) -> list[str]:
             problems.append(f"{module} imports {name}: the listener imports no other wing, nor pydantic")
         elif own is None and module != "navi.cli" and other is not None:
             problems.append(f"{module} imports {name}: the shared top imports no wing")
-        elif own not in (None, "listener") and other == "listener" and name not in ("navi.listener.shell",):
-            problems.append(f"{module} imports {name}: other wings use only what navi.listener.shell exports")
+        elif own not in (None, "listener") and other == "listener" and name not in ("navi.listener",):
+            problems.append(f"{module} imports {name}: other wings use only what navi.listener exports")
         elif own == "consumer" and other in ("listener", "fake", "demo"):
             problems.append(f"{module} imports {name}: the consumer needs no other wing")
     return problems
@@ -74,11 +74,11 @@ def test_a_planted_import_is_caught(tmp_path: Path) -> None:
     """The rule can fail: the same check on a listener module that imports
     the consumer, and pydantic."""
     planted = NAVI / "listener" / "_planted_for_test.py"
-    planted.write_text("import pydantic\n\n\ndef f() -> None:\n    from navi.consumer.inbox import inbox  # noqa: F401\n")
+    planted.write_text("import pydantic\n\n\ndef f() -> None:\n    from navi.consumer import inbox  # noqa: F401\n")
     try:
         assert broken_rules(planted) == [
-            "navi.listener.shell._planted_for_test imports pydantic: the listener imports no other wing, nor pydantic",
-            "navi.listener.shell._planted_for_test imports navi.consumer.inbox.inbox: the listener imports no other wing, "
+            "navi.listener._planted_for_test imports pydantic: the listener imports no other wing, nor pydantic",
+            "navi.listener._planted_for_test imports navi.consumer.inbox: the listener imports no other wing, "
             "nor pydantic",
         ]
     finally:
@@ -90,7 +90,7 @@ def test_navi_listen_loads_only_the_listener_wing() -> None:
     script = (
         "import sys\n"
         "import navi.cli\n"
-        "import navi.listener.shell.shell as shell\n"
+        "import navi.listener.shell as shell\n"
         "shell.listen = lambda settings, fd: 0\n"
         "navi.cli.main(['listen'])\n"
         "wings = sorted({m.split('.')[1] for m in sys.modules if m.startswith('navi.') and m.count('.') >= 2})\n"

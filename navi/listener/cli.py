@@ -1,0 +1,154 @@
+"""``navi listen`` and ``navi doctor``: their options, each also read from a
+``NAVI_*`` variable, and the settings they give."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import timedelta
+from typing import Optional
+
+from navi import __version__
+from navi.listener import doctor
+from navi.listener.coalesce import RateLimit
+from navi.listener.core import Limits
+from navi.listener.shell import Settings, listen
+
+# About 3 KB a notification: 10,000 of them is 30 MB of a 2 GB volume.
+MAX_FILES = 10000
+MAX_BYTES = 64 << 20
+
+
+# The rate limit of each program and type, and the OOM window (seconds).
+BURST, PACE, QUIET, OOM_WINDOW = 5, 60.0, 10.0, 10.0
+
+
+def _count(value: str, option: str, default: int) -> int:
+    """A bad value must not stop the listener: say so in one line, use the default."""
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    logging.getLogger("navi").error("%s %r is not a positive whole number; using %d", option, value, default)
+    return default
+
+
+def _seconds(value: str, option: str, default: float) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if 0 < seconds < 1e6:
+        return seconds
+    logging.getLogger("navi").error("%s %r is not a number of seconds above 0; using %g", option, value, default)
+    return default
+
+
+def _env(name: str, default: Optional[str]) -> Optional[str]:
+    return os.environ.get(name) or default
+
+
+def _listener_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``navi listen``; ``navi doctor`` takes the same, so
+    that it checks what the listener would use."""
+    parser.add_argument(
+        "--notifications-dir", metavar="DIR", default=_env("NAVI_NOTIFICATIONS_DIR", "/mnt/notifications"),
+        help="where notification files go [NAVI_NOTIFICATIONS_DIR] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cgroup-root", metavar="DIR", default=_env("NAVI_CGROUP_ROOT", "/sys/fs/cgroup"),
+        help="where cgroup filesystems are mounted [NAVI_CGROUP_ROOT] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--proc-root", metavar="DIR", default=_env("NAVI_PROC_ROOT", "/proc"),
+        help="where procfs is mounted [NAVI_PROC_ROOT] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--supervisor-url", metavar="URL",
+        default=_env("NAVI_SUPERVISOR_URL", os.environ.get("SUPERVISOR_SERVER_URL")),
+        help="supervisord's XML-RPC, to read its main log [NAVI_SUPERVISOR_URL] "
+        "(default: SUPERVISOR_SERVER_URL, which supervisord sets: %(default)s)",
+    )
+    parser.add_argument(
+        "--supervisord-log", metavar="FILE", default=_env("NAVI_SUPERVISORD_LOG", None),
+        help="read supervisord's main log from this file instead of over XML-RPC [NAVI_SUPERVISORD_LOG]",
+    )
+    parser.add_argument(
+        "--max-files", metavar="N", default=_env("NAVI_MAX_FILES", str(MAX_FILES)),
+        help="hold new notifications back (counted, written later) while the directory holds N "
+        "[NAVI_MAX_FILES] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-bytes", metavar="N", default=_env("NAVI_MAX_BYTES", str(MAX_BYTES)),
+        help="likewise for their total size in bytes [NAVI_MAX_BYTES] (default: %(default)s, "
+        "on a volume of 2 GB shared with the application)",
+    )
+    parser.add_argument(
+        "--burst", metavar="N", default=_env("NAVI_BURST", str(BURST)),
+        help="in a crash storm, write the first N notifications of each program and type one by one "
+        "[NAVI_BURST] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pace", metavar="SECONDS", default=_env("NAVI_PACE", f"{PACE:g}"),
+        help="then one per SECONDS, each counting the incidents held since [NAVI_PACE] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quiet", metavar="SECONDS", default=_env("NAVI_QUIET", f"{QUIET:g}"),
+        help="a storm is over after SECONDS without an incident: what it held is written at the next TICK_5 "
+        "[NAVI_QUIET] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--oom-window", metavar="SECONDS", default=_env("NAVI_OOM_WINDOW", f"{OOM_WINDOW:g}"),
+        help="an OOM kill no program's death has claimed within SECONDS is the container's [NAVI_OOM_WINDOW] "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--original-dir", metavar="DIR", default=_env("NAVI_ORIGINAL_DIR", None),
+        help="also write each incident's event in the original Navi's format (<unix seconds>.json with Header, "
+        "Metadata, Payload, ReceivedAt) into DIR, for consumers not yet moved over [NAVI_ORIGINAL_DIR]",
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    rate = RateLimit(
+        burst=_count(args.burst, "--burst", BURST),
+        pace=timedelta(seconds=_seconds(args.pace, "--pace", PACE)),
+        quiet=timedelta(seconds=_seconds(args.quiet, "--quiet", QUIET)),
+    )
+    return Settings(
+        notifications_dir=args.notifications_dir,
+        cgroup_root=args.cgroup_root,
+        proc_root=args.proc_root,
+        supervisor_url=args.supervisor_url,
+        supervisord_log=args.supervisord_log,
+        max_files=_count(args.max_files, "--max-files", MAX_FILES),
+        max_bytes=_count(args.max_bytes, "--max-bytes", MAX_BYTES),
+        original_dir=args.original_dir,
+        limits=Limits(rate, timedelta(seconds=_seconds(args.oom_window, "--oom-window", OOM_WINDOW))),
+    )
+
+
+def main(argv: list[str], protocol_fd: Optional[int]) -> int:
+    command = argv[0]
+    parser = argparse.ArgumentParser(prog=f"navi {command}", description=DESCRIPTIONS[command])
+    parser.add_argument("--version", action="version", version=f"navi {__version__}")
+    _listener_options(parser)
+    args = parser.parse_args(argv[1:])
+    if command == "listen":
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="navi: %(levelname)s: %(message)s")
+    settings = _settings(args)
+    if command == "listen":
+        assert protocol_fd is not None  # taken before anything was imported
+        return listen(settings, protocol_fd)
+    return doctor.main(settings)
+
+
+DESCRIPTIONS = {
+    "listen": "Read supervisord events on stdin; write one JSON file per crash, OOM kill or FATAL. "
+    "Each option also reads the environment variable in brackets.",
+    "doctor": "Check, with the options navi listen would use, supervisord and Navi's listener, "
+    "supervisord's main log, the notifications directory (a small dot-file probe is written there and "
+    "removed) and its filesystem, and the memory cgroup. Exits 1 when Navi could not do its job. Run it "
+    "where Navi runs, as its user (in a container: exec navi doctor). Without a supervisor URL it asks the "
+    "shipped configuration's socket, unix:///mnt/home/supervisor.sock.",
+}
