@@ -1,37 +1,32 @@
-"""What the kernel says of a process: memory, wake-ups and CPU time."""
+"""What the kernel says of a process: memory, wake-ups and CPU time (psutil)."""
 
 from __future__ import annotations
 
-import os
+import psutil
 
-
-def status(pid: int) -> dict[str, int]:
-    """The numeric fields of /proc/PID/status (kB for memory)."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            parts = value.split()
-            if parts and parts[0].isdigit():
-                out[key] = int(parts[0])
-    return out
+MB = 1 << 20
 
 
 def rss_mb(pid: int) -> float:
-    return status(pid)["VmRSS"] / 1024
+    return psutil.Process(pid).memory_info().rss / MB
 
 
 def peak_rss_mb(pid: int) -> float:
-    return status(pid)["VmHWM"] / 1024
+    """The kernel's high-water mark of the resident size: psutil has none on
+    Linux, so VmHWM from /proc/PID/status (in kB)."""
+    with open(f"{psutil.PROCFS_PATH}/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise LookupError(f"no VmHWM in /proc/{pid}/status")
 
 
 def wakeups(pid: int) -> int:
     """Times the process was switched out: each sleep it woke from counts one."""
-    s = status(pid)
-    return s["voluntary_ctxt_switches"] + s["nonvoluntary_ctxt_switches"]
+    switches = psutil.Process(pid).num_ctx_switches()
+    return switches.voluntary + switches.involuntary
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import pytest
 
-from navi import inotify
 from navi.consumer.inbox import Found, Problem
-from navi.consumer.watch import Item, Notice, Watch
+from navi.consumer.watch import InotifyUnavailable, Item, Notice, Watch, open_inotify
 from navi.demo.sandbox import program
 from tests.conftest import triggered
 from tests.consumer_helpers import name_of, publish, sample
@@ -32,8 +31,8 @@ WAIT = 60  # seconds: generous, never a measure of speed
 
 def inotify_works() -> bool:
     try:
-        inotify.Inotify().close()
-    except inotify.Unavailable as e:
+        open_inotify().close()
+    except InotifyUnavailable as e:
         print(f"SKIP: {e}")
         return False
     return True

@@ -15,20 +15,73 @@ never give the same file twice.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import select
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional, Protocol, Union, cast
 
-from navi import inotify
+import inotify_simple  # type: ignore[import-untyped]
+
 from navi.consumer.entries import by_name, shown
 from navi.consumer.inbox import CLAIM_DIR, ConsumerError, Found, Inbox, Pending, Problem
 
 RETRY = 0.25  # seconds until a publication in progress is looked at again
 PRUNE_EVERY = 3600.0
+
+# Navi publishes with link(): IN_CREATE of the final name.  Others may
+# rename a file in (IN_MOVED_TO) or write one in place (IN_CLOSE_WRITE once
+# it is whole).  The *_SELF events: the directory itself went away.
+_flags = inotify_simple.flags
+NEW_ENTRY: int = _flags.CREATE | _flags.MOVED_TO | _flags.CLOSE_WRITE
+GONE: int = _flags.DELETE_SELF | _flags.MOVE_SELF | _flags.UNMOUNT | _flags.IGNORED
+MASK: int = NEW_ENTRY | _flags.DELETE_SELF | _flags.MOVE_SELF | _flags.ONLYDIR
+IGNORED: int = _flags.IGNORED  # the kernel removed the watch
+OVERFLOW: int = _flags.Q_OVERFLOW  # events were lost
+
+
+class InotifyUnavailable(Exception):
+    """Why inotify cannot be used here, in one line."""
+
+
+class _Event(Protocol):
+    wd: int  # -1 for an overflow
+    mask: int
+    name: str  # empty for events about the directory itself
+
+
+class Inotify(Protocol):
+    """What Watch uses of ``inotify_simple.INotify``."""
+
+    def fileno(self) -> int: ...
+    def add_watch(self, path: str, mask: int) -> int: ...
+    def rm_watch(self, wd: int) -> None: ...
+    def read(self, timeout: Optional[int] = None) -> list[_Event]: ...
+    def close(self) -> None: ...
+
+
+def open_inotify() -> Inotify:
+    """A non-blocking inotify instance, or InotifyUnavailable."""
+    try:
+        return cast(Inotify, inotify_simple.INotify(nonblocking=True))
+    except AttributeError:  # a libc without inotify_init1
+        raise InotifyUnavailable("this system has no inotify") from None
+    except OSError as e:
+        hint = " (fs.inotify.max_user_instances)" if e.errno == errno.EMFILE else ""
+        raise InotifyUnavailable(f"inotify_init1: {e.strerror or e}{hint}") from None
+
+
+def _watch_fd(ino: Inotify, dir_fd: int) -> int:
+    """Watch the directory open at ``dir_fd`` (through /proc, so that it is
+    that very directory, whatever its path names now)."""
+    try:
+        return ino.add_watch(f"/proc/self/fd/{dir_fd}", MASK)
+    except OSError as e:
+        hint = " (fs.inotify.max_user_watches)" if e.errno == errno.ENOSPC else ""
+        raise OSError(e.errno, f"inotify_add_watch: {e.strerror}{hint}") from None
 
 
 @dataclass(frozen=True)
@@ -77,7 +130,7 @@ class Watch:
         self.interval = interval
         self.rescan = rescan
         self._use_inotify = use_inotify
-        self._inotify: Optional[inotify.Inotify] = None
+        self._inotify: Optional[Inotify] = None
         self._watched: dict[str, _Watched] = {}
         self._by_wd: dict[int, _Watched] = {}
         self._said: dict[str, str] = {}  # path or pattern -> the last thing said about it
@@ -126,8 +179,8 @@ class Watch:
         :meth:`stop`."""
         if self._use_inotify is not False:
             try:
-                self._inotify = inotify.Inotify()
-            except inotify.Unavailable as e:
+                self._inotify = open_inotify()
+            except InotifyUnavailable as e:
                 yield Notice(f"{e}: polling every {self.interval:g} s instead")
         while not self._stopped:
             now = time.monotonic()
@@ -160,16 +213,20 @@ class Watch:
             os.read(self._wake_r, 4096)
         if self._inotify is None:
             return
-        for event in self._inotify.read():
-            if event.overflow:  # events were lost: look everywhere
+        try:
+            events = self._inotify.read(timeout=0)
+        except BlockingIOError:  # inotify_simple 1.3.0 reads even when nothing is queued
+            events = []
+        for event in events:
+            if event.mask & OVERFLOW:  # events were lost: look everywhere
                 for w in self._watched.values():
                     w.dirty = True
                 continue
             watched = self._by_wd.get(event.wd)
             if watched is None:
                 continue
-            if event.mask & inotify.GONE:
-                if event.mask & inotify.IN_IGNORED:
+            if event.mask & GONE:
+                if event.mask & IGNORED:
                     self._by_wd.pop(event.wd, None)
                     watched.wd = None
                 self._next_glob = now  # find out at once what became of it
@@ -210,20 +267,22 @@ class Watch:
         wd = None
         if self._inotify is not None:
             try:
-                wd = self._inotify.watch_fd(inbox.fileno())
+                wd = _watch_fd(self._inotify, inbox.fileno())
             except OSError as e:
                 yield Notice(f"{shown(path)}: {e.strerror}: polling it every {self.interval:g} s")
         w = _Watched(inbox, wd)
         self._watched[path] = w
         if wd is not None:
             self._by_wd[wd] = w
-        yield Notice(f"watching {shown(path)} ({'inotify' if wd is not None else self.mode})")
+        how = "inotify" if wd is not None else f"polling every {self.interval:g} s"
+        yield Notice(f"watching {shown(path)} ({how})")
 
     def _drop(self, path: str) -> None:
         w = self._watched.pop(path)
         if w.wd is not None and self._inotify is not None:
             self._by_wd.pop(w.wd, None)
-            self._inotify.unwatch(w.wd)
+            with contextlib.suppress(OSError):  # the kernel removed it already
+                self._inotify.rm_watch(w.wd)
         w.inbox.close()
 
     def _say(self, key: str, text: str) -> Iterator[Notice]:

@@ -6,8 +6,9 @@ notifications directory.
 Layout under ``root``::
 
     proc/self/cgroup, proc/self/mountinfo       where the cgroup is
-    proc/<supervisord pid>/stat, proc/stat,     who supervisord is (copied
-    proc/sys/kernel/random/boot_id              from the real /proc)
+    proc/<supervisord pid>/stat, statm,         who supervisord is, and its
+    proc/stat, proc/sys/kernel/random/boot_id   memory (copied from the real
+                                                /proc, as psutil reads them)
     sys/fs/cgroup/...                           the cgroup files
     log/supervisord.log                         supervisord's main log
     notifications/
@@ -114,11 +115,11 @@ class FakeWorld:
         (self_dir / "cgroup").write_text(V1_CGROUP if self.version == 1 else V2_CGROUP)
         (self_dir / "mountinfo").write_text(V1_MOUNTINFO if self.version == 1 else V2_MOUNTINFO)
         # Who the listener's parent is: this process, playing supervisord.
-        for real, fake in ((f"{self.supervisord_pid}/stat", f"{self.supervisord_pid}/stat"), ("stat", "stat"),
-                           ("sys/kernel/random/boot_id", "sys/kernel/random/boot_id")):
-            target = self.proc_root / fake
+        for name in (f"{self.supervisord_pid}/stat", f"{self.supervisord_pid}/statm", "stat",
+                     "sys/kernel/random/boot_id"):
+            target = self.proc_root / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(Path("/proc", real).read_bytes())
+            target.write_bytes(Path("/proc", name).read_bytes())
 
     def _write_memory(self) -> None:
         if self.version == 1:

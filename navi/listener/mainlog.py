@@ -11,13 +11,16 @@ place after the last lines it has already seen.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Optional, Protocol
 
-from navi.listener import rpc
+import psutil
+
+from navi.listener import procs, rpc
 
 FIRST_TAIL = 1 << 20  # at start, enough for the current supervisord's recent past
 TAIL = 16 << 10
@@ -196,27 +199,32 @@ class Identity:
     started: Optional[datetime]
 
 
+def stat_fields(pid: int, proc_root: str = "/proc") -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (from field 3,
+    the state): the name, in parentheses, may itself hold spaces and
+    parentheses, so they are counted from the last ``)``.  Navi's one reader
+    of that file, for what psutil does not give exactly: the start time in
+    clock ticks."""
+    with open(os.path.join(proc_root, str(pid), "stat"), "rb") as f:
+        text = f.read(65536).decode("ascii", "replace")
+    return text[text.rindex(")") + 2 :].split()
+
+
 def identity(pid: int, proc_root: str = "/proc") -> Identity:
     """Who process ``pid`` is, and when it started (UTC)."""
-
-    def read(*parts: str) -> str:
-        with open(os.path.join(proc_root, *parts), "rb") as f:
-            return f.read(65536).decode("ascii", "replace")
-
     try:
-        stat_line = read(str(pid), "stat")
-        # Field 22, counted after the ")" that ends the command name.
-        ticks = int(stat_line[stat_line.rindex(")") + 2 :].split()[19])
+        # Field 22, in clock ticks since boot: psutil gives only seconds
+        # since the epoch, through the boot time, which moves when the clock
+        # is set.  The key is in every notification id: it stays as it was.
+        ticks = int(stat_fields(pid, proc_root)[19])
     except (OSError, ValueError, IndexError):
         return Identity(None, None)
     try:
-        boot_id = read("sys", "kernel", "random", "boot_id").strip()
+        with open(os.path.join(proc_root, "sys", "kernel", "random", "boot_id"), "rb") as f:
+            boot_id = f.read(65536).decode("ascii", "replace").strip()
     except OSError:
         boot_id = "unknown-boot"
     started = None
-    try:
-        btime = next(int(line.split()[1]) for line in read("stat").splitlines() if line.startswith("btime "))
-        started = datetime.fromtimestamp(btime + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc)
-    except (OSError, ValueError, IndexError, StopIteration):
-        pass
+    with contextlib.suppress(*procs.UNREADABLE, OverflowError), procs.procfs(proc_root):
+        started = datetime.fromtimestamp(psutil.Process(pid).create_time(), timezone.utc)
     return Identity(f"{boot_id}:{pid}:{ticks}", started)

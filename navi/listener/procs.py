@@ -1,16 +1,30 @@
 """Who holds the memory: resident size of each supervised program, children
 included, sampled on TICK events so that an OOM notification can say what
-the programs used just before the kill.  Read straight from procfs: one
-pass over ``/proc/*/stat`` per sample, whatever the number of programs."""
+the programs used just before the kill.
+
+The process facts come from psutil, read from the procfs at ``proc_root``
+(psutil's ``PROCFS_PATH``).  One pass over the processes per sample, whatever
+the number of programs: their parents first, then the resident size of
+those in a program's tree.  ``Process.children(recursive=True)`` would do
+that pass once per program: 200 programs under a host's 300 processes cost
+most of a second at each TICK, while deaths wait to be reported.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Optional
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+import psutil
+
+# What asking about a process can raise when it vanished meanwhile (or is a
+# zombie), may not be read, or lives in a /proc that lacks the file (a fake
+# tree, another pid namespace's): psutil's errors, a bare OSError, and the
+# parse errors of a file that is not what the kernel writes.
+UNREADABLE = (psutil.Error, OSError, ValueError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -22,48 +36,100 @@ class RssSample:
     sampled_at: datetime
 
 
-@dataclass(frozen=True)
-class ProcStat:
-    ppid: int
-    rss_pages: int
+@contextmanager
+def procfs(proc_root: str) -> Iterator[None]:
+    """psutil reads the procfs at ``proc_root`` meanwhile (a ``Process``
+    keeps the path it was made with)."""
+    before = psutil.PROCFS_PATH
+    psutil.PROCFS_PATH = proc_root
+    try:
+        yield
+    finally:
+        psutil.PROCFS_PATH = before
 
 
-def parse_stat(text: str) -> ProcStat:
-    """``/proc/PID/stat``: the command name, in parentheses, may itself hold
-    spaces and parentheses, so the fields are counted from the last ``)``."""
-    fields = text[text.rindex(")") + 2 :].split()
-    return ProcStat(ppid=int(fields[1]), rss_pages=int(fields[21]))
+# The psutil Process of each pid of the last pass, for the next one: making
+# one reads /proc/PID/stat, and a sample would make one for every process
+# (1.5 times the CPU time: 2.6 ms instead of 1.75 ms for 65 processes, where
+# the hand-written reader took 0.85 ms).
+_known: dict[tuple[str, int], psutil.Process] = {}
 
 
-def tree_rss(stats: Mapping[int, ProcStat], root: int) -> int:
-    """Bytes resident in ``root`` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for pid, stat in stats.items():
-        children.setdefault(stat.ppid, []).append(pid)
-    total, todo, seen = 0, [root], set()
+def _process(proc_root: str, pid: int) -> Optional[tuple[psutil.Process, int]]:
+    """Process ``pid`` and its parent's pid; None if it cannot be read."""
+    process = _known.get((proc_root, pid))
+    if process is not None:
+        try:
+            return process, process.ppid()
+        except UNREADABLE:
+            pass  # gone, or the pid is another process's now: look again
+    try:
+        process = psutil.Process(pid)
+        return process, process.ppid()
+    except UNREADABLE:
+        return None  # gone meanwhile, or not a process we can read
+
+
+def _tree(proc_root: str) -> dict[int, list[psutil.Process]]:
+    """Every process's children, by parent pid, as this procfs shows them."""
+    try:
+        pids = psutil.pids()
+    except UNREADABLE:  # no procfs there (or an empty one)
+        pids = []
+    children: dict[int, list[psutil.Process]] = {}
+    known = {}
+    for pid in pids:
+        found = _process(proc_root, pid)
+        if found is not None:
+            process, ppid = found
+            known[proc_root, pid] = process
+            children.setdefault(ppid, []).append(process)
+    _known.clear()
+    _known.update(known)
+    return children
+
+
+def _rss(process: psutil.Process) -> Optional[int]:
+    try:
+        return process.memory_info().rss
+    except UNREADABLE:
+        return None
+
+
+def tree_rss(children: dict[int, list[psutil.Process]], root: psutil.Process) -> Optional[int]:
+    """Bytes resident in ``root`` and all its descendants; None when
+    ``root`` itself cannot be read (it is gone).  A descendant that vanished
+    during the pass counts for nothing."""
+    total = _rss(root)
+    if total is None:
+        return None
+    todo, seen = list(children.get(root.pid, ())), {root.pid}
     while todo:
-        pid = todo.pop()
-        if pid in seen:  # a pid reused during the pass
+        process = todo.pop()
+        if process.pid in seen:  # a pid reused during the pass
             continue
-        seen.add(pid)
-        total += stats[pid].rss_pages * PAGE_SIZE
-        todo.extend(children.get(pid, ()))
+        seen.add(process.pid)
+        total += _rss(process) or 0
+        todo.extend(children.get(process.pid, ()))
     return total
-
-
-def read_stats(proc_root: str) -> dict[int, ProcStat]:
-    stats = {}
-    for entry in os.listdir(proc_root):
-        if entry.isdigit():
-            try:
-                with open(f"{proc_root}/{entry}/stat") as f:
-                    stats[int(entry)] = parse_stat(f.read())
-            except (OSError, ValueError, IndexError):
-                continue  # gone meanwhile, or not a process we can read
-    return stats
 
 
 def sample(programs: Iterable[tuple[str, str, int]], proc_root: str, now: datetime) -> list[RssSample]:
     """One sample per (group, name, pid) still alive."""
-    stats = read_stats(proc_root)
-    return [RssSample(name, group, pid, tree_rss(stats, pid), now) for group, name, pid in programs if pid in stats]
+    wanted = list(programs)
+    if not wanted:
+        return []
+    out = []
+    with procfs(proc_root):
+        children = _tree(proc_root)
+        for group, name, pid in wanted:
+            root = _known.get((proc_root, pid))
+            if root is None:  # not seen in the pass (or started since)
+                found = _process(proc_root, pid)
+                if found is None:
+                    continue
+                root = found[0]
+            rss = tree_rss(children, root)
+            if rss is not None:
+                out.append(RssSample(name, group, pid, rss, now))
+    return out
