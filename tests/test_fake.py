@@ -16,6 +16,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from navi.eventlistener import OK, READY, ListenerState, ProtocolMisuse
 from navi.fake.record import current_lifetime, header_line
 from navi.fake.scenario import (
     Log,
@@ -31,8 +32,8 @@ from navi.fake.scenario import (
     parse,
     payload,
 )
-from navi.fake.wire import ListenerState, ProtocolMisuse, Ready, Result, Supervisor, Violation, envelope_text
-from navi.listener.protocol import OK, READY, Event
+from navi.fake.wire import Ready, Result, Supervisor, Violation, envelope_text
+from navi.listener.protocol import Event
 from tests.test_protocol import drive
 
 # supervisor itself, to hold the fake to.  (Imported by name: it has no type

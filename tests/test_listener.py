@@ -15,10 +15,10 @@ from typing import Any, Optional
 
 import pytest
 
+from navi.eventlistener import OK, READY
 from navi.fake.play import Player
 from navi.fake.scenario import log_time
 from navi.fake.world import FakeWorld
-from navi.listener.protocol import OK, READY
 from tests.test_protocol import envelope
 
 NAVI = (sys.executable, "-m", "navi", "listen")

@@ -7,18 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from navi.eventlistener import OK, READY, ListenerState, ProtocolMisuse
 from navi.fake.wire import envelope_text
 from navi.listener.protocol import (
     CLOSED,
     MAX_HEADER_BYTES,
     NEED_DATA,
-    OK,
-    READY,
     BadInput,
     Event,
     Listener,
-    ProtocolMisuse,
-    State,
 )
 
 
@@ -156,7 +153,7 @@ def test_tokens_only_in_protocol_order() -> None:
         proto.send_ready()
     proto.receive_data(envelope("TICK_5", "when:1"))
     assert isinstance(proto.next_event(), Event)
-    assert proto.state is State.BUSY
+    assert proto.state is ListenerState.BUSY
     assert proto.send_ok() == OK
 
 

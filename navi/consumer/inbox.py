@@ -45,6 +45,7 @@ from typing import Any, Optional, Union
 
 from navi.consumer import entries as core
 from navi.consumer.entries import MAX_SIZE, Accept, Entry, Ignore, Open, Wait, kind_of, shown
+from navi.fdio import write_all
 from navi.notification import Notification
 
 CLAIM_DIR = ".claimed"  # default, inside the notifications directory: always the same filesystem
@@ -485,7 +486,7 @@ def _write_reason(dir_fd: int, name: str, text: str) -> None:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=dir_fd)
         try:
-            os.write(fd, text.encode("utf-8", "backslashreplace"))
+            write_all(fd, text.encode("utf-8", "backslashreplace"))
         finally:
             os.close(fd)
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from navi.listener import cgroup, rpc
+from navi.listener import CgroupError, MemoryCgroup, locate_cgroup, supervisor_call
 
 MNT_DIRS = ("app", "home", "log", "notifications", "tmp")
 
@@ -55,15 +55,15 @@ class Unavailable(Exception):
 
 
 @contextlib.contextmanager
-def memory_cgroup(limit: int) -> Iterator[cgroup.MemoryCgroup]:
+def memory_cgroup(limit: int) -> Iterator[MemoryCgroup]:
     """A new child of this process's memory cgroup, limited to ``limit`` bytes
     with no swap, removed afterwards.  Raises Unavailable where it cannot be
     made (not root, no writable memory controller)."""
     if os.geteuid() != 0:
         raise Unavailable(f"a memory cgroup can only be made by root (euid {os.geteuid()})")
     try:
-        own = cgroup.locate()
-    except cgroup.CgroupError as e:
+        own = locate_cgroup()
+    except CgroupError as e:
         raise Unavailable(f"no memory cgroup to make a child in: {e}") from None
     path = os.path.join(own.path, f"navi-{secrets.token_hex(6)}")
     try:
@@ -86,7 +86,7 @@ def memory_cgroup(limit: int) -> Iterator[cgroup.MemoryCgroup]:
         os.rmdir(path)
         raise Unavailable(f"cannot set a memory limit in {path}: {e.strerror}") from None
     try:
-        yield cgroup.MemoryCgroup(own.version, path, os.path.join(own.cgroup_path, os.path.basename(path)),
+        yield MemoryCgroup(own.version, path, os.path.join(own.cgroup_path, os.path.basename(path)),
                                   own.mount_point)
     finally:
         _remove_cgroup(path)
@@ -255,8 +255,8 @@ class Sandbox:
             return
         try:
             url = f"unix://{self.socket}"
-            rpc.call(url, "supervisor.stopAllProcesses", True, timeout=30)
-            rpc.call(url, "supervisor.shutdown", timeout=30)
+            supervisor_call(url, "supervisor.stopAllProcesses", True, timeout=30)
+            supervisor_call(url, "supervisor.shutdown", timeout=30)
         except Exception:
             self.process.send_signal(signal.SIGTERM)
         try:

@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+from navi.eventlistener import ListenerState
 from navi.fake.scenario import Log, Memory, Say, ScenarioError, Send, Step, Supervisord, from_words, log_time, parse
-from navi.fake.wire import ListenerState, Ready, Result, Supervisor, Violation
+from navi.fake.wire import Ready, Result, Supervisor, Violation
 from navi.fake.world import FakeWorld
+from navi.fdio import write_all
 
 TIMEOUT = 10.0  # for READY and RESULT; supervisord itself would wait forever
 MAX_REJECTIONS = 3  # supervisord resends a rejected event at once, forever
@@ -156,10 +158,8 @@ class Player:
                       time.perf_counter_ns() - started, rejected)
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self._stdin, view) :]
+            write_all(self._stdin, data)
         except BrokenPipeError:
             self._break(f"event serial {self.supervisor.serial}: {self._exited('closed its stdin')}")
 

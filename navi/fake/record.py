@@ -21,9 +21,19 @@ import os
 from datetime import datetime, timezone
 from typing import Optional
 
-from navi.listener import cgroup
-from navi.listener.mainlog import FileLog, LogTail, LogUnavailable, RpcLog
-from navi.listener.protocol import CLOSED, NEED_DATA, BadInput, Event, Listener
+from navi.fdio import write_all
+from navi.listener import (
+    STANDARD_ROOT,
+    CgroupError,
+    Event,
+    LogTail,
+    LogUnavailable,
+    MemoryCgroup,
+    locate_cgroup,
+    log_source,
+    read_oom_kill,
+    serve,
+)
 
 log = logging.getLogger("navi")
 
@@ -46,26 +56,21 @@ def _line(record: dict[str, object]) -> str:
 
 class Recorder:
     def __init__(self, path: str, supervisord_log: Optional[str], supervisor_url: Optional[str],
-                 proc_root: str = "/proc", cgroup_root: str = cgroup.STANDARD_ROOT) -> None:
+                 proc_root: str = "/proc", cgroup_root: str = STANDARD_ROOT) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._tail: Optional[LogTail] = None
         self._first = True
         self._log_problem = ""
         try:
-            if supervisord_log:
-                self._tail = LogTail(FileLog(supervisord_log), supervisord_log)
-            elif supervisor_url:
-                self._tail = LogTail(RpcLog(supervisor_url), f"readLog at {supervisor_url}")
-            else:
-                log.error("no SUPERVISOR_SERVER_URL and no --supervisord-log: recording events without log lines")
+            self._tail = LogTail(*log_source(supervisord_log, supervisor_url))
         except LogUnavailable as e:
             log.error("%s: recording events without log lines", e)
-        self._cgroup: Optional[cgroup.MemoryCgroup] = None
+        self._cgroup: Optional[MemoryCgroup] = None
         self._oom_kill: Optional[int] = None
         try:
-            self._cgroup = cgroup.locate(proc_root, cgroup_root)
-            self._oom_kill = cgroup.read_oom_kill(self._cgroup)
-        except cgroup.CgroupError as e:
+            self._cgroup = locate_cgroup(proc_root, cgroup_root)
+            self._oom_kill = read_oom_kill(self._cgroup)
+        except CgroupError as e:
             log.error("%s: recording events without OOM kills", e)
 
     def record(self, event: Event) -> None:
@@ -73,15 +78,13 @@ class Recorder:
         if self._cgroup is not None:
             # Before the log lines: the kernel raises the counter before it
             # kills, supervisord logs the death after it reaps it.
-            now = cgroup.read_oom_kill(self._cgroup)
+            now = read_oom_kill(self._cgroup)
             if now is not None and self._oom_kill is not None and now > self._oom_kill:
                 lines.append(_line({"oom_kills": now - self._oom_kill}))
             self._oom_kill = now if now is not None else self._oom_kill
         lines += [_line({"log": text}) for text in self._new_log_lines()]
         lines.append(_line({"header": header_line(event), "payload": event.payload}))
-        data = "".join(lines).encode("utf-8", "surrogateescape")
-        while data:
-            data = data[os.write(self._fd, data) :]
+        write_all(self._fd, "".join(lines).encode("utf-8", "surrogateescape"))
 
     def _new_log_lines(self) -> list[str]:
         if self._tail is None:
@@ -101,36 +104,17 @@ class Recorder:
 
 def record(path: str, protocol_fd: int, supervisord_log: Optional[str] = None,
            supervisor_url: Optional[str] = None, proc_root: str = "/proc",
-           cgroup_root: str = cgroup.STANDARD_ROOT) -> int:
+           cgroup_root: str = STANDARD_ROOT) -> int:
     try:
         recorder = Recorder(path, supervisord_log, supervisor_url, proc_root, cgroup_root)
     except OSError as e:
         log.error("cannot open %s: %s; acknowledging events without recording them", path, e.strerror)
-        recorder = None
-    proto = Listener()
-    try:
-        while True:
-            _write(protocol_fd, proto.send_ready())
-            received = proto.next_event()
-            while received is NEED_DATA:
-                proto.receive_data(os.read(0, 65536))
-                received = proto.next_event()
-            if received is CLOSED:
-                return 0
-            if isinstance(received, BadInput):
-                log.error("bad input from supervisord, not recorded: %s", received.reason)
-            elif isinstance(received, Event) and recorder is not None:
-                try:
-                    recorder.record(received)
-                except OSError as e:
-                    log.error("cannot write %s: %s; event %s not recorded", path, e.strerror,
-                              received.header.get("serial"))
-            _write(protocol_fd, proto.send_ok())
-    except (BrokenPipeError, KeyboardInterrupt):
-        return 0
+        return serve(None, protocol_fd)
 
+    def keep(event: Event) -> None:
+        try:
+            recorder.record(event)
+        except OSError as e:
+            log.error("cannot write %s: %s; event %s not recorded", path, e.strerror, event.header.get("serial"))
 
-def _write(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    return serve(keep, protocol_fd)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Optional, Union
 
-from navi.listener.protocol import parse_tokens
+from navi.eventlistener import parse_tokens
 
 DEFAULT_START = 1764025200.0  # 2025-11-24 23:00:00 UTC: log time stamps and TICKs start here
 # Above the kernel's PID_MAX_LIMIT (2**22), so a fake pid never names a real

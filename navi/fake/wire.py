@@ -10,21 +10,13 @@ did not ask for puts the listener in UNKNOWN, where it gets no more events.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from navi.listener.protocol import READY, parse_tokens
+from navi.eventlistener import OK, READY, ListenerState, ProtocolMisuse, parse_tokens
 
 RESULT_PREFIX = b"RESULT "
 UNKNOWN_NOTE = "supervisord marks the listener UNKNOWN and sends it no more events"
-
-
-class ListenerState(enum.Enum):
-    ACKNOWLEDGED = "ACKNOWLEDGED"  # it must say READY next
-    READY = "READY"  # waiting for an event: it must say nothing
-    BUSY = "BUSY"  # holding an event: it must answer RESULT
-    UNKNOWN = "UNKNOWN"  # it broke the protocol: no more events, ever
 
 
 @dataclass(frozen=True)
@@ -55,11 +47,7 @@ Answer = Union[Ready, Result, Violation]
 
 
 _OK, _READY = Result(b"OK"), Ready()
-_OK_READY = b"RESULT 2\nOK" + READY
-
-
-class ProtocolMisuse(RuntimeError):
-    """The caller sent an event out of turn (a bug in the driver)."""
+_OK_READY = OK + READY
 
 
 def envelope_text(eventname: str, payload: str, serial: int, poolserial: int, pool: str,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from navi.fake.scenario import DEFAULT_START, Log, Memory, Step, log_time
+from navi.fdio import write_all
 
 CONTAINER = "/libpod_parent/libpod-6e1f2d"
 V1_CGROUP = f"12:pids:{CONTAINER}\n4:memory:{CONTAINER}\n1:name=systemd:{CONTAINER}\n0::{CONTAINER}\n"
@@ -96,9 +97,7 @@ class FakeWorld:
             self.set_oom_kill(step.oom_kill, step.at_limit)
 
     def append_log(self, line: str) -> None:
-        data = (line + "\n").encode("utf-8", "surrogateescape")
-        while data:
-            data = data[os.write(self._log_fd, data) :]
+        write_all(self._log_fd, (line + "\n").encode("utf-8", "surrogateescape"))
 
     def set_oom_kill(self, value: int, at_limit: bool = False) -> None:
         """The counter's new value; at an OOM kill usage and peak reach the limit."""

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from navi import __version__
 from navi.listener import cgroup, rpc
-from navi.listener.mainlog import FileLog, LogUnavailable, RpcLog, identity
+from navi.listener.mainlog import LogUnavailable, identity, log_source
 from navi.listener.shell import Settings
 from navi.listener.spool import Spool, SpoolError
 
@@ -426,12 +426,10 @@ def _look_at(pid: int, proc_root: str, version: Optional[int]) -> SupervisordPro
 
 def _read_main_log(settings: Settings, supervisord: Supervisord) -> MainLog:
     try:
-        if settings.supervisord_log:
-            return MainLog(settings.supervisord_log, FileLog(settings.supervisord_log).tail(LOG_TAIL))
-        source = f"readLog at {supervisord.url}"
-        if supervisord.error is not None:
-            return MainLog(source, None, "supervisord cannot be asked")
-        return MainLog(source, RpcLog(supervisord.url).tail(LOG_TAIL))
+        source, name = log_source(settings.supervisord_log, supervisord.url)
+        if not settings.supervisord_log and supervisord.error is not None:
+            return MainLog(name, None, "supervisord cannot be asked")
+        return MainLog(name, source.tail(LOG_TAIL))
     except LogUnavailable as e:
         return MainLog(settings.supervisord_log or f"readLog at {supervisord.url}", None, str(e))
 

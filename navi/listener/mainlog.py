@@ -165,6 +165,16 @@ class RpcLog:
             raise _ReadFailed(f"supervisord could not read its log: {e}") from None
 
 
+def log_source(supervisord_log: Optional[str], supervisor_url: Optional[str]) -> tuple[LogSource, str]:
+    """Where to read supervisord's main log, and its name for a person: the
+    file, when one is given, else ``readLog`` over supervisord's URL."""
+    if supervisord_log:
+        return FileLog(supervisord_log), supervisord_log
+    if supervisor_url:
+        return RpcLog(supervisor_url), f"readLog at {supervisor_url}"
+    raise LogUnavailable("no SUPERVISOR_SERVER_URL and no --supervisord-log: cannot read supervisord's log")
+
+
 class FileLog:
     """The main log as a file."""
 

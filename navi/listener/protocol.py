@@ -1,11 +1,7 @@
-"""supervisord's eventlistener protocol, without I/O (in the manner of h11).
-
-The listener says ``READY\\n``; supervisord sends one header line and a payload
-of ``len`` units; the listener answers ``RESULT 2\\nOK`` (no newline) and says
-``READY\\n`` again.  Bytes go in through :meth:`Listener.receive_data`, events
-come out of :meth:`Listener.next_event`, and the only bytes this module ever
-produces are the protocol tokens themselves.
-"""
+"""The listener's end of the eventlistener protocol (:mod:`navi.eventlistener`),
+without I/O, in the manner of h11.  Bytes go in through
+:meth:`Listener.receive_data`, events come out of :meth:`Listener.next_event`,
+and the only bytes this module ever produces are the protocol tokens."""
 
 from __future__ import annotations
 
@@ -14,23 +10,12 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-READY = b"READY\n"
-OK = b"RESULT 2\nOK"
+from navi.eventlistener import OK, READY, ListenerState, ProtocolMisuse, parse_tokens
 
 MAX_HEADER_BYTES = 4096
 # PROCESS_STATE payloads are a few hundred characters; anything far larger is
 # not an event Navi can use, and is skipped rather than held in memory.
 MAX_PAYLOAD_CHARS = 64 * 1024
-
-
-def parse_tokens(line: str) -> dict[str, str]:
-    """``key:value`` tokens separated by spaces, as supervisord writes them."""
-    fields: dict[str, str] = {}
-    for token in line.split(" "):
-        if token:
-            key, _, value = token.partition(":")
-            fields[key] = value
-    return fields
 
 
 @dataclass(frozen=True)
@@ -70,21 +55,11 @@ CLOSED = Closed.CLOSED
 Received = Union[Event, BadInput, NeedData, Closed]
 
 
-class State(enum.Enum):
-    ACKNOWLEDGED = "ACKNOWLEDGED"  # must say READY next
-    READY = "READY"  # waiting for an event
-    BUSY = "BUSY"  # holding an event, must answer RESULT
-
-
-class ProtocolMisuse(RuntimeError):
-    """The listener shell called things out of order (a bug in Navi)."""
-
-
 class Listener:
     """One end of the eventlistener protocol: the listener's."""
 
     def __init__(self, max_payload_chars: int = MAX_PAYLOAD_CHARS) -> None:
-        self.state = State.ACKNOWLEDGED
+        self.state = ListenerState.ACKNOWLEDGED
         self._max_payload = max_payload_chars
         self._buffer = bytearray()
         self._eof = False
@@ -95,15 +70,15 @@ class Listener:
         self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
 
     def send_ready(self) -> bytes:
-        if self.state is not State.ACKNOWLEDGED:
+        if self.state is not ListenerState.ACKNOWLEDGED:
             raise ProtocolMisuse(f"READY while {self.state.value}")
-        self.state = State.READY
+        self.state = ListenerState.READY
         return READY
 
     def send_ok(self) -> bytes:
-        if self.state is not State.BUSY:
+        if self.state is not ListenerState.BUSY:
             raise ProtocolMisuse(f"RESULT while {self.state.value}")
-        self.state = State.ACKNOWLEDGED
+        self.state = ListenerState.ACKNOWLEDGED
         return OK
 
     def receive_data(self, data: bytes) -> None:
@@ -114,11 +89,11 @@ class Listener:
             self._eof = True
 
     def next_event(self) -> Received:
-        if self.state is not State.READY:
+        if self.state is not ListenerState.READY:
             raise ProtocolMisuse(f"reading an event while {self.state.value}")
         result = self._read_header() if self._header is None else self._read_payload()
         if isinstance(result, (Event, BadInput)):
-            self.state = State.BUSY
+            self.state = ListenerState.BUSY
         return result
 
     def _read_header(self) -> Union[Event, BadInput, NeedData, Closed]:

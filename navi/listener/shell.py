@@ -21,8 +21,9 @@ from navi.listener.classify import Origin
 from navi.listener.coalesce import Outgoing
 from navi.listener.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, Watch
 from navi.listener.deaths import DeathWatch
-from navi.listener.mainlog import FileLog, LogTail, LogUnavailable, RpcLog, identity
-from navi.listener.protocol import CLOSED, NEED_DATA, BadInput, Event, Listener
+from navi.listener.loop import serve
+from navi.listener.mainlog import LogTail, LogUnavailable, identity, log_source
+from navi.listener.protocol import Event
 from navi.listener.spool import Spool, SpoolError, next_seconds, original_name
 from navi.notification import FormatError, Original, decode, encode
 
@@ -46,12 +47,6 @@ class Settings:
     max_bytes: int
     original_dir: Optional[str] = None
     limits: Limits = field(default_factory=Limits)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class Shell:
@@ -90,12 +85,7 @@ class Shell:
         self._log_tail: Optional[LogTail] = None
         self._log_problem = ""
         try:
-            if settings.supervisord_log:
-                self._log_tail = LogTail(FileLog(settings.supervisord_log), settings.supervisord_log)
-            elif settings.supervisor_url:
-                self._log_tail = LogTail(RpcLog(settings.supervisor_url), f"readLog at {settings.supervisor_url}")
-            else:
-                self._log_problem = "no SUPERVISOR_SERVER_URL and no --supervisord-log: cannot read supervisord's log"
+            self._log_tail = LogTail(*log_source(settings.supervisord_log, settings.supervisor_url))
         except LogUnavailable as e:
             self._log_problem = str(e)
         self.core.first_log(self._read_log())
@@ -319,41 +309,12 @@ class Shell:
         self._write_problem = problem
 
 
-def serve(shell: Optional[Shell], stdin_fd: int, protocol_fd: int) -> int:
-    proto = Listener()
-    while True:
-        _write_all(protocol_fd, proto.send_ready())
-        while True:
-            received = proto.next_event()
-            if received is NEED_DATA:
-                if shell is not None:
-                    shell.deaths.wait_for_input(stdin_fd)
-                proto.receive_data(os.read(stdin_fd, 65536))
-                continue
-            break
-        if received is CLOSED:
-            log.info("stdin closed; exiting")
-            return 0
-        if isinstance(received, BadInput):
-            log.error("bad input from supervisord, acknowledged and ignored: %s", received.reason)
-        elif isinstance(received, Event) and shell is not None:
-            try:
-                shell.handle(received)
-            except Exception as e:  # one line, then keep the pipe moving
-                log.error("internal error on %s, event acknowledged: %s: %s", received.name, type(e).__name__, e)
-        _write_all(protocol_fd, proto.send_ok())
-
-
 def listen(settings: Settings, protocol_fd: int) -> int:
     shell: Optional[Shell] = None
     try:
         shell = Shell(settings)
     except Exception as e:  # a listener that dies here is respawned in a loop
         log.error("cannot start (%s: %s): acknowledging events without reporting them", type(e).__name__, e)
-    try:
-        return serve(shell, 0, protocol_fd)
-    except BrokenPipeError:
-        log.info("supervisord closed the pipe; exiting")
-        return 0
-    except KeyboardInterrupt:
-        return 0
+    if shell is None:
+        return serve(None, protocol_fd)
+    return serve(shell.handle, protocol_fd, wait=shell.deaths.wait_for_input)

@@ -20,6 +20,8 @@ import time
 from datetime import datetime
 from typing import Callable, Optional
 
+from navi.fdio import write_all
+
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -176,9 +178,7 @@ class Spool:
         temp, fd = self._create_temp(name)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 if sync:
                     os.fsync(fd)
             finally:

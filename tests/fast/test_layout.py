@@ -35,10 +35,14 @@ def imports(path: Path) -> list[str]:
             if node.level:
                 parts = package.split(".")
                 base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-            # "from navi import listener" imports the module navi.listener.
-            found += [f"{base}.{alias.name}" if base in ("navi", *(f"navi.{w}" for w in WINGS)) else base
-                      for alias in node.names]
+            # "from navi.listener import cgroup" imports a module; "... import serve", a name.
+            found += [f"{base}.{alias.name}" if is_module(f"{base}.{alias.name}") else base for alias in node.names]
     return found
+
+
+def is_module(name: str) -> bool:
+    path = NAVI.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def wing_of(module: str) -> Optional[str]:
