@@ -43,23 +43,24 @@ def skipped(name: str) -> Optional[str]:
     return None
 
 
+def parse(name: str) -> Optional[tuple[str, int, int]]:
+    """A notification's name as (supervisord's start, the event's serial,
+    which name beside a taken one: 0 for its own); None for any other."""
+    m = _NOTIFICATION.match(name)
+    return None if m is None else (m.group(1), int(m.group(2)), int(m.group(3) or 0))
+
+
 def order_key(name: str) -> tuple[int, str, int, int, str]:
     """Sort key: Navi's names in the order of the incidents (supervisord's
     start, then the event's serial, then a name written beside a taken one),
     and any other name after them.  Never by mtime, which the application
     can set."""
-    m = _NOTIFICATION.match(name)
-    if m is None:
-        return (1, "", 0, 0, name)
-    return (0, m.group(1), int(m.group(2)), int(m.group(3) or 0), name)
+    parts = parse(name)
+    return (1, "", 0, 0, name) if parts is None else (0, *parts, name)
 
 
 def in_order(names: list[str]) -> list[str]:
     return sorted(names, key=order_key)
-
-
-def is_navi_name(name: str) -> bool:
-    return _NOTIFICATION.match(name) is not None
 
 
 def temp_name(name: str, pid: int, n: int) -> str:

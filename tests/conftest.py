@@ -17,12 +17,17 @@ from typing import Any, Callable, Optional
 
 import pytest
 
+from navi import names
 from navi.demo.sandbox import Sandbox, Unavailable
 from navi.demo.sandbox import memory_cgroup as memory_cgroup_of
 from navi.listener import cgroup
-from navi.listener.shell import STATE_FILE
+from navi.names import STATE_FILE
 
-NOTIFICATION_NAME = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-\d{12}\.json$")
+
+def own_name(name: str) -> bool:
+    """A notification's own name (not one written beside a taken one)."""
+    parts = names.parse(name)
+    return parts is not None and parts[2] == 0
 
 
 def _process_start(pid: int) -> Optional[str]:
@@ -137,16 +142,16 @@ class E2ESandbox(Sandbox):
         deadline = time.monotonic() + 5
         while True:
             files = self.notification_files(directory)
-            names = [p.name for p in files]
-            temporary = [n for n in names if n.startswith(".")]
+            listed = [p.name for p in files]
+            temporary = [n for n in listed if n.startswith(".")]
             if not temporary or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         assert temporary == [], "temporary files left over"
-        assert [n for n in names if not n.endswith(".json")] == []
-        assert [n for n in names if not NOTIFICATION_NAME.match(n)] == []
+        assert [n for n in listed if not n.endswith(".json")] == []
+        assert [n for n in listed if not own_name(n)] == []
         parsed = [json.loads(p.read_text(encoding="utf-8")) for p in files]
-        for name, n in zip(names, parsed):
+        for name, n in zip(listed, parsed):
             assert name.endswith(f"-{int(n['Header']['serial']):012d}.json")
         ids = [n["id"] for n in parsed]
         assert len(set(ids)) == len(ids), f"duplicate ids: {ids}"

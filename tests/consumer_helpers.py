@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from navi.listener.spool import Spool, file_name
+from navi.listener.spool import Spool
+from navi.names import notification_name as file_name
 from navi.notification import SCHEMA_VERSION, ExitInfo, MemoryInfo, Notification, ProcessInfo, Source
 
 STARTED = datetime(2026, 11, 24, 23, 39, 6, 890000, tzinfo=timezone.utc)

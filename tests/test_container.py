@@ -39,7 +39,7 @@ import pytest
 
 from navi import __version__
 from navi.listener import cgroup
-from tests.conftest import NOTIFICATION_NAME, has_memory_cgroup
+from tests.conftest import has_memory_cgroup, own_name
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = "bookworm"  # Debian 12: python3 3.11, supervisor 4.2.5
@@ -554,7 +554,7 @@ def test_notification_as_the_platform_sees_it(outcome: Outcome, variant: str, sc
 def test_only_mop_wrote_and_only_in_its_places(outcome: Outcome, variant: str, scenario: str) -> None:
     run = _runs(outcome, variant, scenario)
     [name] = [p for p in run.owners if p.startswith("notifications/")]
-    assert NOTIFICATION_NAME.match(name.split("/", 1)[1])
+    assert own_name(name.split("/", 1)[1])
     # supervisord removes its socket and pid file when it stops.
     expected = {"supervisor.conf", "home", "log", "log/supervisord.log", "log/navi.log", "log/start.log",
                 "notifications", name, "tmp"}

@@ -21,6 +21,7 @@ from navi.demo.sandbox import program
 from navi.fake.play import Outcome, play
 from navi.fake.scenario import Log, Memory, Send, Step, Supervisord, generate, parse
 from navi.fake.world import FakeWorld
+from navi.names import STATE_FILE
 
 if TYPE_CHECKING:
     from tests.conftest import SandboxFactory
@@ -74,7 +75,7 @@ def test_a_crash_loop_is_written_five_times_then_held_and_counted(world: FakeWor
     assert outcome.events == 2 + 3 * 500
     written = notifications(world)
     assert [(n["type"], n["process"]["name"], n.get("count", 1)) for n in written] == [("crash", "api", 1)] * 5
-    rates = json.loads((world.notifications / ".navi-state.json").read_text())["rates"]
+    rates = json.loads((world.notifications / STATE_FILE).read_text())["rates"]
     assert [r["held"]["count"] for r in rates] == [495]  # all 500 accounted for
 
 

@@ -126,7 +126,7 @@ def test_a_hostile_neighbour_cannot_redirect_or_block_navi(sandbox: SandboxFacto
     """The application (same uid) knows the next names: it plants links to a
     file outside and a FIFO there.  Navi writes beside them and follows none."""
     from navi.listener.mainlog import identity
-    from navi.listener.spool import file_name
+    from navi.names import notification_name as file_name
 
     precious = scratch_dir / "precious"
     precious.write_bytes(b"the application's own data")

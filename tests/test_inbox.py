@@ -16,10 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from navi.consumer import entries as inbox
 from navi.consumer.entries import (
     LINK_GRACE,
-    MAX_SIZE,
     Accept,
     Entry,
     Ignore,
@@ -27,15 +25,13 @@ from navi.consumer.entries import (
     Open,
     Reject,
     Wait,
-    claim_names,
     examine,
-    in_order,
     judge,
     kind_of,
-    order_key,
     shown,
 )
-from navi.listener.spool import file_name
+from navi.names import MAX_SIZE, claim_names, in_order, order_key, reason_name
+from navi.names import notification_name as file_name
 from navi.notification import SCHEMA_VERSION, Notification
 from tests.consumer_helpers import sample
 
@@ -192,7 +188,7 @@ def test_claim_names_are_distinct_json_names_never_navis_alternates(name: str) -
     assert candidates[0] == name and len(set(candidates)) == len(candidates)
     assert all(c.endswith(".json") for c in candidates[1:])
     assert all(order_key(c)[0] == 1 for c in candidates[1:])  # never a name Navi could write
-    assert inbox.reason_name(name) not in candidates
+    assert reason_name(name) not in candidates
 
 
 @given(st.text())

@@ -19,6 +19,7 @@ from navi.eventlistener import OK, READY
 from navi.fake.play import Player
 from navi.fake.scenario import log_time
 from navi.fake.world import FakeWorld
+from navi.names import STATE_FILE
 from tests.test_protocol import envelope
 
 NAVI = (sys.executable, "-m", "navi", "listen")
@@ -72,7 +73,7 @@ def die(world: FakeWorld, name: str, pid: int, how: str) -> None:
 
 def notifications(world: FakeWorld, directory: Optional[Path] = None) -> list[dict[str, Any]]:
     entries = sorted((directory or world.notifications).iterdir())
-    assert [p.name for p in entries if p.name.startswith(".") and p.name != ".navi-state.json"] == []  # no temp
+    assert [p.name for p in entries if p.name.startswith(".") and p.name != STATE_FILE] == []  # no temp
     files = [p for p in entries if not p.name.startswith(".")]
     assert all(p.name.endswith(".json") for p in files)
     return [json.loads(p.read_text()) for p in files]
@@ -310,7 +311,7 @@ def test_held_incidents_survive_a_killed_navi(world: FakeWorld) -> None:
 
 
 def held_counts(world: FakeWorld) -> list[int]:
-    state = json.loads((world.notifications / ".navi-state.json").read_text())
+    state = json.loads((world.notifications / STATE_FILE).read_text())
     return [r["held"]["count"] for r in state["rates"] if r["held"]]
 
 

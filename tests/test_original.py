@@ -11,7 +11,8 @@ from typing import Any, Optional
 import pytest
 
 from navi.fake.world import FakeWorld
-from navi.listener.spool import Spool, next_seconds, original_name
+from navi.listener.spool import Spool
+from navi.names import next_seconds, original_name
 from tests.test_listener import die, ended, exited_payload, notifications, start, stderr
 
 ORIGINAL_KEYS = ["Header", "Metadata", "Payload", "ReceivedAt"]

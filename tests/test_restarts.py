@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Optional
 
 from navi.demo.sandbox import program
 from navi.listener import rpc
-from navi.listener.shell import STATE_FILE
+from navi.names import STATE_FILE
 from tests.conftest import E2ESandbox, descendants, kill_leftovers
 
 if TYPE_CHECKING:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from navi.listener.spool import Spool, SpoolError, file_name
+from navi.listener.spool import Spool, SpoolError
+from navi.names import notification_name as file_name
 
 
 def test_publish_writes_the_whole_file_and_no_temp(tmp_path: Path) -> None:

@@ -11,17 +11,16 @@ published never changes), and writes dot-names for everything else.
 from __future__ import annotations
 
 import json
-import re
 import stat
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Union
 
+from navi import names
 from navi.consumer.schema import InvalidNotification, parse
+from navi.names import MAX_SIZE
 from navi.notification import Notification
 
-# Notifications are a few KB; read no more of a planted file than this.
-MAX_SIZE = 1 << 20
 # Navi links its temporary file to the final name, then unlinks the
 # temporary: for that moment the file has two links.  Longer than this, the
 # second link is someone else's.
@@ -102,14 +101,6 @@ Look = Union[Ignore, Wait, Reject, Open]
 Verdict = Union[Accept, Reject]
 
 
-def by_name(name: str) -> Union[Ignore, None]:
-    if name.startswith("."):
-        return Ignore("a dot-name: a temporary or state file")
-    if not name.endswith(".json"):
-        return Ignore("not a .json name")
-    return None
-
-
 def printable(name: str) -> bool:
     """Plain UTF-8 with no control or formatting characters (names Navi
     writes are ASCII), so that no output is garbled or spoofed by it."""
@@ -133,9 +124,9 @@ def _shape(entry: Entry) -> Union[str, None]:
 def examine(entry: Entry, now: float) -> Look:
     """What to do with an entry, from its name and ``lstat`` alone (before
     anything opens, claims or moves it)."""
-    ignored = by_name(entry.name)
-    if ignored is not None:
-        return ignored
+    why = names.skipped(entry.name)
+    if why is not None:
+        return Ignore(why)
     if not printable(entry.name):
         return Reject("its name has unprintable characters (Navi's names are plain ASCII)")
     problem = _shape(entry)
@@ -173,35 +164,3 @@ def judge(opened: Entry, data: bytes, after: Entry) -> Verdict:
         return Accept(parse(data), document)
     except InvalidNotification as e:
         return Reject(f"not a Navi notification: {shown(str(e))[:300]}")
-
-
-_NAVI_NAME = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)-(\d{12})(?:\.(\d+))?\.json$")
-
-
-def order_key(name: str) -> tuple[int, str, int, int, str]:
-    """Sort key: Navi's names in the order of the incidents (supervisord's
-    start, then the event's serial, then a name written beside a taken one),
-    and any other name after them.  Never by mtime, which the application
-    can set."""
-    m = _NAVI_NAME.match(name)
-    if m is None:
-        return (1, "", 0, 0, name)
-    return (0, m.group(1), int(m.group(2)), int(m.group(3) or 0), name)
-
-
-def in_order(names: list[str]) -> list[str]:
-    return sorted(names, key=order_key)
-
-
-def claim_names(name: str, tries: int = 8) -> list[str]:
-    """Names to claim ``name`` under, in order, each tried without replacing
-    anything (a notification delivered again by Navi, after the first copy
-    was claimed, has the same name).  ``~n`` is never a name Navi writes."""
-    stem = name[: -len(".json")] if name.endswith(".json") else name
-    return [name] + [f"{stem}~{n}.json" for n in range(1, tries)]
-
-
-def reason_name(quarantined: str) -> str:
-    """Where the reason for a quarantined entry goes, beside it.  Only
-    ``*.json`` names are ever quarantined, so this never names one."""
-    return f"{quarantined}.reason"

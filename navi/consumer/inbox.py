@@ -43,9 +43,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from navi import names
 from navi.consumer import entries as core
-from navi.consumer.entries import MAX_SIZE, Accept, Entry, Ignore, Open, Wait, kind_of, shown
+from navi.consumer.entries import Accept, Entry, Ignore, Open, Wait, kind_of, shown
 from navi.fdio import write_all
+from navi.names import MAX_SIZE
 from navi.notification import Notification
 
 CLAIM_DIR = ".claimed"  # default, inside the notifications directory: always the same filesystem
@@ -161,7 +163,7 @@ def rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
 def _move(src_fd: int, name: str, dst_fd: int) -> str:
     """Move ``name`` into ``dst_fd`` under the first of its claim names that
     is free; returns that name.  FileNotFoundError: it is gone."""
-    for candidate in core.claim_names(name):
+    for candidate in names.claim_names(name):
         try:
             rename_noreplace(src_fd, name, dst_fd, candidate)
             return candidate
@@ -226,7 +228,7 @@ class Inbox:
     def names(self) -> list[str]:
         """The names that may be notifications, in Navi's order."""
         with os.scandir(self._fd) as entries:
-            return core.in_order([e.name for e in entries if core.by_name(e.name) is None])
+            return names.in_order([e.name for e in entries if names.skipped(e.name) is None])
 
     def lstat(self, name: str) -> Optional[os.stat_result]:
         try:
@@ -326,7 +328,7 @@ class Inbox:
             where = os.path.join(self.claim_dir, claimed)
             return Problem(self.directory, name, f"{reason} (left in {shown(where)}: cannot quarantine: {why})")
         origin = os.path.join(os.path.abspath(self.directory), name)
-        _write_reason(quarantine_fd, core.reason_name(moved), f"{reason}\nfrom {origin}\n")
+        _write_reason(quarantine_fd, names.reason_name(moved), f"{reason}\nfrom {origin}\n")
         _sync(quarantine_fd)
         return Problem(self.directory, name, reason, os.path.join(self.claim_dir, QUARANTINE, moved))
 

@@ -26,7 +26,8 @@ from typing import Optional, Protocol, Union, cast
 
 import inotify_simple  # type: ignore[import-untyped]
 
-from navi.consumer.entries import by_name, shown
+from navi import names
+from navi.consumer.entries import shown
 from navi.consumer.inbox import CLAIM_DIR, ConsumerError, Found, Inbox, Pending, Problem
 
 RETRY = 0.25  # seconds until a publication in progress is looked at again
@@ -230,7 +231,7 @@ class Watch:
                     self._by_wd.pop(event.wd, None)
                     watched.wd = None
                 self._next_glob = now  # find out at once what became of it
-            elif event.name and by_name(event.name) is None:
+            elif event.name and names.skipped(event.name) is None:
                 watched.dirty = True
 
     def _refresh(self) -> Iterator[Notice]:

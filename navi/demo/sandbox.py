@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from navi import names
 from navi.listener import CgroupError, MemoryCgroup, locate_cgroup, supervisor_call
 
 MNT_DIRS = ("app", "home", "log", "notifications", "tmp")
@@ -218,9 +219,7 @@ class Sandbox:
         return int(self.ctl("pid", name).strip())
 
     def notifications_list(self) -> list[dict[str, Any]]:
-        files = sorted(
-            p for p in self.notifications.iterdir() if p.name.endswith(".json") and not p.name.startswith(".")
-        )
+        files = sorted(p for p in self.notifications.iterdir() if not names.skipped(p.name))
         return [json.loads(p.read_text()) for p in files]
 
     def wait_for(self, ready: Callable[[], Any], timeout: float, what: str) -> Any:

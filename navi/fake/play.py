@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+from navi import names
 from navi.eventlistener import ListenerState
 from navi.fake.scenario import Log, Memory, Say, ScenarioError, Send, Step, Supervisord, from_words, log_time, parse
 from navi.fake.wire import Ready, Result, Supervisor, Violation
@@ -324,7 +325,7 @@ def describe(item: Union[Step, Played], world: Optional[FakeWorld] = None) -> Op
 def _notifications(world: FakeWorld) -> list[str]:
     rows = []
     for path in sorted(world.notifications.iterdir()):
-        if path.name.startswith(".") or not path.name.endswith(".json"):
+        if names.skipped(path.name):
             continue
         try:
             n = json.loads(path.read_text())
@@ -338,9 +339,9 @@ def _notifications(world: FakeWorld) -> list[str]:
 
 
 def _held(world: FakeWorld) -> list[str]:
-    """What navi listen holds back to write later (in its .navi-state.json)."""
+    """What navi listen holds back to write later (in its state file)."""
     try:
-        rates = json.loads((world.notifications / ".navi-state.json").read_text())["rates"]
+        rates = json.loads((world.notifications / names.STATE_FILE).read_text())["rates"]
         held = [r["held"] for r in rates if r["held"]]
         return [f"held, to be written later: {h['count']} incidents ({h['reason']}) of "
                 f"{(h['latest']['notification'].get('process') or {}).get('name') or 'the container'}" for h in held]

@@ -27,7 +27,7 @@ from navi.listener.exitlog import ExitLog, ExitRecord
 from navi.listener.procs import RssSample
 from navi.listener.protocol import Event
 from navi.listener.running import Running
-from navi.listener.spool import file_name
+from navi.names import notification_name
 from navi.notification import Notification
 
 STATE_VERSION = 2
@@ -209,7 +209,7 @@ class Core:
         notification = self._decide(incident, event, readings)
         out: list[Outgoing] = []
         if notification is not None:
-            name = file_name(self._stamp, event.header.get("serial", ""))
+            name = notification_name(self._stamp, event.header.get("serial", ""))
             admitted = self.coalescer.admit(Outgoing(name, self._with_save_notes(notification)), readings.now)
             out += [admitted] if admitted is not None else []
         if event.name.startswith("TICK_"):

@@ -24,14 +24,12 @@ from navi.listener.deaths import DeathWatch
 from navi.listener.loop import serve
 from navi.listener.mainlog import LogTail, LogUnavailable, identity, log_source
 from navi.listener.protocol import Event
-from navi.listener.spool import Spool, SpoolError, next_seconds, original_name
+from navi.listener.spool import Spool, SpoolError
+from navi.names import MAX_STATE_SIZE, STATE_FILE, next_seconds, original_name
 from navi.notification import FormatError, Original, decode, encode
 
 log = logging.getLogger("navi")
 
-# What the core holds across a restart of Navi: rates, held incidents, the
-# notifications decided.  A dot-name: consumers skip it.
-STATE_FILE = ".navi-state.json"
 # Waking supervisord is only worth it if it answers at once.
 WAKE_TIMEOUT = 0.5
 
@@ -141,7 +139,7 @@ class Shell:
 
     def _restore(self) -> None:
         assert self._spool is not None
-        data = self._spool.load(STATE_FILE)
+        data = self._spool.load(STATE_FILE, MAX_STATE_SIZE)
         if data is None:
             return
         try:

@@ -14,12 +14,11 @@ import contextlib
 import errno
 import json
 import os
-import re
 import stat
 import time
-from datetime import datetime
 from typing import Callable, Optional
 
+from navi import names
 from navi.fdio import write_all
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -33,35 +32,7 @@ class SpoolError(Exception):
         self.disk_full = disk_full
 
 
-def file_name(stamp: datetime, serial: str) -> str:
-    """``<supervisord start>-<serial>.json``: sorts in incident order, is the
-    same for a redelivered event (however it is classified the second time),
-    and holds no text from the event."""
-    number = int(serial) if serial.isdigit() else 0
-    return f"{stamp:%Y%m%dT%H%M%S.%fZ}-{number:012d}.json"
-
-
-_TEMP = re.compile(r"^\..+\.json\.(?P<pid>\d+)\.\d+\.tmp$")
-MAX_FILE = 1 << 20  # no notification is near this; read no more of a planted file
 STALE_TEMP = 3600  # seconds: a temp file this old is a Navi's that was killed mid-write, whoever runs now
-
-
-def numbered(name: str) -> list[str]:
-    """Names for a notification whose own name is taken by something else."""
-    stem = name[: -len(".json")]
-    return [f"{stem}.{n}.json" for n in range(1, 8)]
-
-
-def original_name(when: datetime) -> str:
-    """The original Navi's ``<unix seconds>.json``."""
-    return f"{int(when.timestamp())}.json"
-
-
-def next_seconds(name: str) -> list[str]:
-    """For the original names: the next free second, so that names stay
-    what the original's consumers parse."""
-    seconds = int(name[: -len(".json")])
-    return [f"{seconds + n}.json" for n in range(1, 8)]
 
 
 def _alive(pid: int) -> bool:
@@ -75,7 +46,7 @@ def _alive(pid: int) -> bool:
 
 
 class Spool:
-    def __init__(self, directory: str, alternatives: Callable[[str], list[str]] = numbered) -> None:
+    def __init__(self, directory: str, alternatives: Callable[[str], list[str]] = names.beside) -> None:
         self.directory = directory
         self._alternatives = alternatives
         try:
@@ -95,12 +66,12 @@ class Spool:
         the name) is gone, or the file is old."""
         now = time.time()
         for name in os.listdir(self._fd):
-            m = _TEMP.match(name)
-            if m is None or int(m["pid"]) == os.getpid():
+            writer = names.temp_writer(name)
+            if writer is None or writer == os.getpid():
                 continue
             try:
                 st = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode) and (now - st.st_mtime > STALE_TEMP or not _alive(int(m["pid"]))):
+                if stat.S_ISREG(st.st_mode) and (now - st.st_mtime > STALE_TEMP or not _alive(writer)):
                     os.unlink(name, dir_fd=self._fd)
             except OSError:
                 pass
@@ -155,14 +126,15 @@ class Spool:
             os.close(fd)
         self._sync_directory(name)
 
-    def load(self, name: str) -> Optional[bytes]:
-        """The file ``name``, if it is a regular file; never follows or blocks."""
+    def load(self, name: str, limit: int = names.MAX_SIZE) -> Optional[bytes]:
+        """The file ``name`` (at most ``limit`` bytes of it), if it is a
+        regular file; never follows or blocks."""
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._fd)
         except OSError:
             return None
         try:
-            return os.read(fd, MAX_FILE) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+            return os.read(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else None
         except OSError:
             return None
         finally:
@@ -211,7 +183,7 @@ class Spool:
         # opened: O_EXCL|O_NOFOLLOW fail on it, and the next name is tried.
         for _ in range(8):
             self._counter += 1
-            temp = f".{name}.{os.getpid()}.{self._counter}.tmp"
+            temp = names.temp_name(name, os.getpid(), self._counter)
             try:
                 return temp, os.open(temp, _CREATE, 0o644, dir_fd=self._fd)
             except FileExistsError:
