@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from navi.listener.cgroup import MemorySnapshot
 from navi.listener.classify import Origin
 from navi.listener.coalesce import RateLimit
-from navi.listener.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, Watch
+from navi.listener.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, WatchPids
 from navi.listener.protocol import Event
 from navi.notification import Notification, decode, encode
 
@@ -86,9 +86,9 @@ def test_running_programs_are_tracked_to_watch_and_sample() -> None:
     running = "processname:web groupname:web from_state:STARTING pid:42"
     for serial, payload in enumerate((running, running.replace("web", "navi"))):
         actions = c.handle(event(serial, "PROCESS_STATE_RUNNING", payload), Readings(T0))
-    assert actions == [Watch(frozenset({42}))]  # never Navi's own
+    assert actions == [WatchPids(frozenset({42}))]  # never Navi's own
     assert c.running.programs() == [("web", "web", 42)]
-    assert death(c, 3, "web", T0)[-1] == Watch(frozenset())
+    assert death(c, 3, "web", T0)[-1] == WatchPids(frozenset())
 
 
 # -- what it decides ----------------------------------------------------------------
@@ -101,14 +101,14 @@ def death(c: Core, serial: int, program: str, now: datetime) -> list[Action]:
 def test_the_state_is_saved_before_the_notification_it_decided() -> None:
     c = core()
     actions = death(c, 1, "web", T0)
-    assert [type(a) for a in actions] == [Save, Publish, Watch]
+    assert [type(a) for a in actions] == [Save, Publish, WatchPids]
     save, publish = actions[0], actions[1]
     assert isinstance(save, Save) and isinstance(publish, Publish)
     assert save.state.outbox == [publish.out] and save.state.applied == 1
     assert publish.out.name == "20261201T030000.000000Z-000000000001.json"
     c.published(publish.out.name)
     save, watch = c.settle(T0)  # written: no longer to do after a restart
-    assert isinstance(save, Save) and save.state.outbox == [] and watch == Watch(frozenset())
+    assert isinstance(save, Save) and save.state.outbox == [] and watch == WatchPids(frozenset())
     assert c.settle(T0) == [watch]
 
 

@@ -27,9 +27,9 @@ from navi.listener.doctor import (
     Directory,
     Facts,
     MainLog,
-    Memory,
-    Program,
-    Supervisord,
+    MemoryFacts,
+    ProgramFacts,
+    SupervisordFacts,
     SupervisordProcess,
     diagnose,
     exit_status,
@@ -42,8 +42,8 @@ from navi.listener.shell import Settings
 from tests.conftest import SandboxFactory, has_memory_cgroup
 
 CONTAINER_CGROUP = "/libpod_parent/libpod-5f1c"
-NAVI = Program("navi", "navi", "navi listen", "RUNNING", 7, "none", "/mnt/log/navi.log")
-START = Program("start", "start", "/bin/sh -c ./run", "RUNNING", 8, "/mnt/log/start.log", "none")
+NAVI = ProgramFacts("navi", "navi", "navi listen", "RUNNING", 7, "none", "/mnt/log/navi.log")
+START = ProgramFacts("start", "start", "/bin/sh -c ./run", "RUNNING", 8, "/mnt/log/start.log", "none")
 LOG = (
     "2026-11-25 00:47:17,115 INFO Included extra file \"/etc/navi.conf\" during parsing\n"
     "2026-11-25 00:47:17,118 INFO supervisord started with pid 1\n"
@@ -54,11 +54,11 @@ HEALTHY = Facts(
     settings=Settings("/mnt/notifications", "/sys/fs/cgroup", "/proc", "unix:///mnt/home/supervisor.sock", None,
                       10000, 64 << 20),
     uid=441, user="mop",
-    supervisord=Supervisord("unix:///mnt/home/supervisor.sock", True, None, "4.2.5", "RUNNING", 1, (NAVI, START)),
+    supervisord=SupervisordFacts("unix:///mnt/home/supervisor.sock", True, None, "4.2.5", "RUNNING", 1, (NAVI, START)),
     process=PROCESS,
     main_log=MainLog("readLog at unix:///mnt/home/supervisor.sock", LOG),
     notifications=Directory("/mnt/notifications", None, 1, 3000, "ext4", "/mnt", 1 << 30, 2 << 30, 100000),
-    memory=Memory(
+    memory=MemoryFacts(
         None,
         cgroup.MemoryCgroup(1, "/sys/fs/cgroup/memory", CONTAINER_CGROUP, "/sys/fs/cgroup/memory"),
         cgroup.MemorySnapshot(1, "/sys/fs/cgroup/memory", 128 << 20, 40 << 20, 60 << 20, 1, ()),
@@ -89,7 +89,7 @@ def _snapshot(**changes: Any) -> cgroup.MemorySnapshot:
     return dataclasses.replace(HEALTHY.memory.snapshot, **changes)
 
 
-def _navi(**changes: Any) -> Program:
+def _navi(**changes: Any) -> ProgramFacts:
     return dataclasses.replace(NAVI, **changes)
 
 
@@ -110,7 +110,7 @@ PREVIOUS_RUN = (
 )
 
 CASES = [
-    ("unreachable", {"supervisord": Supervisord(SHIPPED_URL, False, "[Errno 2] No such file or directory")},
+    ("unreachable", {"supervisord": SupervisordFacts(SHIPPED_URL, False, "[Errno 2] No such file or directory")},
      "supervisord", FAIL, "(the shipped configuration's socket: no URL was given): [Errno 2]"),
     ("no listener", {"supervisord": dataclasses.replace(HEALTHY.supervisord, programs=(START,))},
      "listener", FAIL, "no program of supervisord runs navi listen"),
@@ -149,7 +149,7 @@ CASES = [
      "filesystem", WARN, "nearly full"),
     ("few inodes", {"notifications": dataclasses.replace(HEALTHY.notifications, free_inodes=10)},
      "filesystem", WARN, "10 inodes free: nearly full"),
-    ("no cgroup", {"memory": Memory("no memory cgroup: /proc/self/cgroup lists no memory controller and ...")},
+    ("no cgroup", {"memory": MemoryFacts("no memory cgroup: /proc/self/cgroup lists no memory controller and ...")},
      "memory cgroup", FAIL, "OOM kills will be reported as crashes"),
     ("old kernel", {"memory": dataclasses.replace(HEALTHY.memory, snapshot=_snapshot(
         oom_kill=None, problems=("memory.oom_control has no oom_kill counter (kernel older than 4.13)",)))},

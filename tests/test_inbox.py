@@ -20,8 +20,8 @@ from navi.consumer.entries import (
     LINK_GRACE,
     Accept,
     Entry,
+    FileKind,
     Ignore,
-    Kind,
     Open,
     Reject,
     Wait,
@@ -44,12 +44,12 @@ names = st.one_of(
     st.builds(lambda t, s, a: file_name(t, str(s))[:-5] + (f".{a}" if a else "") + ".json",
               stamps, st.integers(0, 10**12 - 1), st.integers(0, 9)),
 )
-entries = st.builds(Entry, name=names, kind=st.sampled_from(Kind), size=st.integers(0, 2 * MAX_SIZE),
+entries = st.builds(Entry, name=names, kind=st.sampled_from(FileKind), size=st.integers(0, 2 * MAX_SIZE),
                     links=st.integers(0, 4), changed=st.floats(NOW - 100, NOW + 100))
 
 
 def entry(name: str = "a.json", **changes: object) -> Entry:
-    return replace(Entry(name, Kind.FILE, 1000, 1, NOW - 60), **changes)  # type: ignore[arg-type]
+    return replace(Entry(name, FileKind.FILE, 1000, 1, NOW - 60), **changes)  # type: ignore[arg-type]
 
 
 @given(entries)
@@ -60,23 +60,24 @@ def test_every_entry_has_exactly_one_outcome(e: Entry) -> None:
     if e.name.startswith(".") or not e.name.endswith(".json"):
         assert isinstance(outcome, Ignore)
     elif isinstance(outcome, Open):
-        assert e.kind is Kind.FILE and e.size <= MAX_SIZE and e.links <= 1 and e.name.isprintable()
+        assert e.kind is FileKind.FILE and e.size <= MAX_SIZE and e.links <= 1 and e.name.isprintable()
     elif isinstance(outcome, Wait):
-        assert e.kind is Kind.FILE and e.links > 1 and NOW - e.changed < LINK_GRACE
+        assert e.kind is FileKind.FILE and e.links > 1 and NOW - e.changed < LINK_GRACE
     else:
         assert isinstance(outcome, Reject) and outcome.reason
 
 
-@pytest.mark.parametrize("kind", [k for k in Kind if k is not Kind.FILE])
-def test_anything_but_a_regular_file_is_rejected_by_its_kind(kind: Kind) -> None:
+@pytest.mark.parametrize("kind", [k for k in FileKind if k is not FileKind.FILE])
+def test_anything_but_a_regular_file_is_rejected_by_its_kind(kind: FileKind) -> None:
     outcome = examine(entry(kind=kind), NOW)
     assert isinstance(outcome, Reject)
     assert kind.value in outcome.reason
 
 
 def test_kinds_from_st_mode() -> None:
-    modes = {stat.S_IFREG: Kind.FILE, stat.S_IFLNK: Kind.SYMLINK, stat.S_IFDIR: Kind.DIRECTORY,
-             stat.S_IFIFO: Kind.FIFO, stat.S_IFSOCK: Kind.SOCKET, stat.S_IFCHR: Kind.DEVICE, stat.S_IFBLK: Kind.DEVICE}
+    modes = {stat.S_IFREG: FileKind.FILE, stat.S_IFLNK: FileKind.SYMLINK, stat.S_IFDIR: FileKind.DIRECTORY,
+             stat.S_IFIFO: FileKind.FIFO, stat.S_IFSOCK: FileKind.SOCKET, stat.S_IFCHR: FileKind.DEVICE,
+             stat.S_IFBLK: FileKind.DEVICE}
     for mode, kind in modes.items():
         assert kind_of(mode | 0o644) is kind
 

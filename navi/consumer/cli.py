@@ -15,7 +15,7 @@ from typing import Optional
 
 from navi import __version__
 from navi.consumer.entries import shown
-from navi.consumer.inbox import ConsumerError, Found, Inbox, Pending, Result
+from navi.consumer.inbox import ConsumerError, EntryResult, Found, Inbox, Pending
 from navi.consumer.schema import schema_text
 from navi.consumer.watch import Notice, Watch
 from navi.notification import Notification
@@ -402,7 +402,7 @@ def _ack(args: argparse.Namespace) -> int:
 def _claim(inbox: Inbox, name: Optional[str], as_json: bool) -> int:
 
     status = 0
-    results: list[Optional[Result]]
+    results: list[Optional[EntryResult]]
     results = list(inbox.claim_all()) if name is None else [inbox.claim(name)]
     for result in results:
         if isinstance(result, Found):

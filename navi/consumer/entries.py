@@ -27,7 +27,7 @@ from navi.notification import Notification
 LINK_GRACE = 10.0
 
 
-class Kind(Enum):
+class FileKind(Enum):
     FILE = "regular file"
     SYMLINK = "symbolic link (never followed)"
     DIRECTORY = "directory"
@@ -37,20 +37,20 @@ class Kind(Enum):
     OTHER = "file of an unknown kind"
 
 
-def kind_of(mode: int) -> Kind:
+def kind_of(mode: int) -> FileKind:
     """The kind of file an ``st_mode`` says."""
     for test, kind in (
-        (stat.S_ISREG, Kind.FILE),
-        (stat.S_ISLNK, Kind.SYMLINK),
-        (stat.S_ISDIR, Kind.DIRECTORY),
-        (stat.S_ISFIFO, Kind.FIFO),
-        (stat.S_ISSOCK, Kind.SOCKET),
-        (stat.S_ISCHR, Kind.DEVICE),
-        (stat.S_ISBLK, Kind.DEVICE),
+        (stat.S_ISREG, FileKind.FILE),
+        (stat.S_ISLNK, FileKind.SYMLINK),
+        (stat.S_ISDIR, FileKind.DIRECTORY),
+        (stat.S_ISFIFO, FileKind.FIFO),
+        (stat.S_ISSOCK, FileKind.SOCKET),
+        (stat.S_ISCHR, FileKind.DEVICE),
+        (stat.S_ISBLK, FileKind.DEVICE),
     ):
         if test(mode):
             return kind
-    return Kind.OTHER
+    return FileKind.OTHER
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Entry:
     """A directory entry as ``lstat`` (or ``fstat`` of what was opened) saw it."""
 
     name: str
-    kind: Kind
+    kind: FileKind
     size: int
     links: int
     changed: float  # st_ctime: when the inode last changed (a link, a rename, a write)
@@ -114,7 +114,7 @@ def shown(text: str) -> str:
 
 
 def _shape(entry: Entry) -> Union[str, None]:
-    if entry.kind is not Kind.FILE:
+    if entry.kind is not FileKind.FILE:
         return f"a {entry.kind.value}, not a regular file"
     if entry.size > MAX_SIZE:
         return f"{entry.size} bytes, more than any notification (at most {MAX_SIZE})"

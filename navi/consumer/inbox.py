@@ -114,7 +114,7 @@ class Pending:
     why: str
 
 
-Result = Union[Found, Problem, Pending]
+EntryResult = Union[Found, Problem, Pending]
 
 
 def entry_of(name: str, st: os.stat_result) -> Entry:
@@ -249,7 +249,7 @@ class Inbox:
             return Pending(self.directory, name, seen.why)
         return seen
 
-    def look(self, name: str) -> Optional[Result]:
+    def look(self, name: str) -> Optional[EntryResult]:
         """Read ``name`` and say what it is; changes nothing.  None: not a
         notification's name, or gone."""
         seen = self._examine(name)
@@ -274,7 +274,7 @@ class Inbox:
 
     # Claiming
 
-    def claim(self, name: str) -> Optional[Result]:
+    def claim(self, name: str) -> Optional[EntryResult]:
         """Move ``name`` into the claim directory, then read it there, where
         the application cannot change it any more.  None: not a
         notification's name, or gone (another consumer claimed it first).
@@ -427,13 +427,13 @@ def _read(dir_fd: int, name: str) -> Optional[core.Verdict]:
         return None
     except OSError as e:
         if e.errno == errno.ELOOP:  # O_NOFOLLOW on a link (where there is no O_PATH)
-            return core.Reject(f"a {core.Kind.SYMLINK.value}, not a regular file")
+            return core.Reject(f"a {core.FileKind.SYMLINK.value}, not a regular file")
         if e.errno == errno.ENXIO:  # a socket
-            return core.Reject(f"a {core.Kind.SOCKET.value}, not a regular file")
+            return core.Reject(f"a {core.FileKind.SOCKET.value}, not a regular file")
         return core.Reject(f"cannot open it: {_why(e)}")
     try:
         opened = entry_of(name, os.fstat(path_fd))
-        if opened.kind is not core.Kind.FILE or opened.size > MAX_SIZE:
+        if opened.kind is not core.FileKind.FILE or opened.size > MAX_SIZE:
             return core.judge(opened, b"", opened)
         fd = _reopen(path_fd, dir_fd, name) if _PATH else path_fd
         try:

@@ -55,7 +55,7 @@ class Played:
 
 
 @dataclass(frozen=True)
-class Closed:
+class Ended:
     exit_code: Optional[int]  # negative: killed by that signal
     after_eof: bytes  # what it wrote once stdin was closed
     stopped: bool  # it did not exit at end of input: stopped as supervisord stops a listener
@@ -218,7 +218,7 @@ class Player:
 
     # ---- the end ------------------------------------------------------------
 
-    def close(self, grace: float = 5.0) -> Closed:
+    def close(self, grace: float = 5.0) -> Ended:
         """End of input: stdin closed, then, as supervisord stops a listener,
         SIGTERM and, STOPWAITSECS later, SIGKILL if it does not exit.  Bytes
         it writes meanwhile are checked (a listener must say nothing after
@@ -248,7 +248,7 @@ class Player:
             for answer in self.supervisor.receive_data(bytes(rest)):
                 if isinstance(answer, Violation) and self.violation is None:
                     self.violation = f"at end of input: {answer.reason}"
-        return Closed(code, bytes(rest), stopped)
+        return Ended(code, bytes(rest), stopped)
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ class Outcome:
     warnings: tuple[str, ...]  # what supervisor 4 lets pass
     pid: int
     ready_ns: int  # from spawn to its first READY
-    closed: Optional[Closed]
+    closed: Optional[Ended]
 
 
 def play(steps: Iterable[Step], command: Sequence[str], world: Optional[FakeWorld] = None,

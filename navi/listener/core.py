@@ -86,8 +86,8 @@ class Publish:
 
 
 @dataclass(frozen=True)
-class Watch:
-    """Watch exactly these pids for their deaths."""
+class WatchPids:
+    """WatchPids exactly these pids for their deaths."""
 
     pids: frozenset[int]
 
@@ -99,7 +99,7 @@ class Remark:
     line: str
 
 
-Action = Union[Save, Publish, Watch, Remark]
+Action = Union[Save, Publish, WatchPids, Remark]
 
 
 @dataclass(frozen=True)
@@ -316,7 +316,7 @@ class Core:
             actions.append(Save(self.state(now)))
             self._saved = self._version()  # unless the shell says :meth:`unsaved`
         actions += [Publish(o) for o in publish]
-        actions.append(Watch(self.running.pids()))
+        actions.append(WatchPids(self.running.pids()))
         return actions
 
     @property

@@ -44,7 +44,7 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class Program:
+class ProgramFacts:
     """A process supervisord runs (a program or an event listener)."""
 
     name: str
@@ -57,14 +57,14 @@ class Program:
 
 
 @dataclass(frozen=True)
-class Supervisord:
+class SupervisordFacts:
     url: str
     url_given: bool  # False: SHIPPED_URL, tried because none was given
     error: Optional[str] = None  # why it could not be asked
     version: str = ""
     state: str = ""
     pid: Optional[int] = None
-    programs: tuple[Program, ...] = ()
+    programs: tuple[ProgramFacts, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class Directory:
 
 
 @dataclass(frozen=True)
-class Memory:
+class MemoryFacts:
     error: Optional[str] = None
     found: Optional[cgroup.MemoryCgroup] = None
     snapshot: Optional[cgroup.MemorySnapshot] = None
@@ -111,11 +111,11 @@ class Facts:
     settings: Settings
     uid: int
     user: str
-    supervisord: Supervisord
+    supervisord: SupervisordFacts
     process: Optional[SupervisordProcess]
     main_log: MainLog
     notifications: Directory
-    memory: Memory
+    memory: MemoryFacts
 
 
 # -- the pure part ------------------------------------------------------------
@@ -164,7 +164,7 @@ def _this_run(log: str) -> str:
     return log[starts[-2] :] if len(starts) >= 2 else log
 
 
-def _supervisord(s: Supervisord, process: Optional[SupervisordProcess]) -> list[Finding]:
+def _supervisord(s: SupervisordFacts, process: Optional[SupervisordProcess]) -> list[Finding]:
     where = s.url if s.url_given else f"{s.url} (the shipped configuration's socket: no URL was given)"
     if s.error is not None:
         return [Finding(
@@ -222,7 +222,7 @@ def _supervisord(s: Supervisord, process: Optional[SupervisordProcess]) -> list[
     return found
 
 
-def _main_log(log: MainLog, supervisord: Supervisord) -> list[Finding]:
+def _main_log(log: MainLog, supervisord: SupervisordFacts) -> list[Finding]:
     if log.error is not None or log.text is None:
         unasked = supervisord.error is not None and log.source.startswith("readLog")
         return [Finding(
@@ -289,7 +289,7 @@ def _notifications(d: Directory, settings: Settings) -> list[Finding]:
     return found
 
 
-def _memory(m: Memory, process: Optional[SupervisordProcess]) -> list[Finding]:
+def _memory(m: MemoryFacts, process: Optional[SupervisordProcess]) -> list[Finding]:
     if m.found is None or m.snapshot is None:
         return [Finding(
             "memory cgroup", FAIL, f"{m.error}: OOM kills will be reported as crashes",
@@ -381,24 +381,24 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _ask_supervisord(url: str, url_given: bool) -> Supervisord:
+def _ask_supervisord(url: str, url_given: bool) -> SupervisordFacts:
     """All that doctor asks supervisord, in one place."""
     try:
         version, state, pid = (rpc.call(url, f"supervisor.{m}") for m in ("getSupervisorVersion", "getState", "getPID"))
         configs: list[dict[str, Any]] = rpc.call(url, "supervisor.getAllConfigInfo")
         infos: list[dict[str, Any]] = rpc.call(url, "supervisor.getAllProcessInfo")
     except Exception as e:  # whatever the client raises, said in one line
-        return Supervisord(url, url_given, error=str(e) or type(e).__name__)
+        return SupervisordFacts(url, url_given, error=str(e) or type(e).__name__)
     by_name = {(i["group"], i["name"]): i for i in infos}
     programs = []
     for c in configs:
         info = by_name.get((c["group"], c["name"]), {})
-        programs.append(Program(
+        programs.append(ProgramFacts(
             name=_text(c["name"]), group=_text(c["group"]), command=_text(c["command"]),
             state=_text(info.get("statename", "not started")), pid=int(info.get("pid", 0)),
             stdout_logfile=_text(c.get("stdout_logfile")), stderr_logfile=_text(c.get("stderr_logfile")),
         ))
-    return Supervisord(url, url_given, None, _text(version), _text(state.get("statename")), int(pid),
+    return SupervisordFacts(url, url_given, None, _text(version), _text(state.get("statename")), int(pid),
                        tuple(programs))
 
 
@@ -424,7 +424,7 @@ def _look_at(pid: int, proc_root: str, version: Optional[int]) -> SupervisordPro
     return SupervisordProcess(pid, True, uid, memory, who.key is not None, who.started)
 
 
-def _read_main_log(settings: Settings, supervisord: Supervisord) -> MainLog:
+def _read_main_log(settings: Settings, supervisord: SupervisordFacts) -> MainLog:
     try:
         source, name = log_source(settings.supervisord_log, supervisord.url)
         if not settings.supervisord_log and supervisord.error is not None:
@@ -464,12 +464,12 @@ def _directory(path: str, proc_root: str) -> Directory:
     )
 
 
-def _read_memory(settings: Settings) -> Memory:
+def _read_memory(settings: Settings) -> MemoryFacts:
     try:
         found = cgroup.locate(settings.proc_root, settings.cgroup_root)
     except cgroup.CgroupError as e:
-        return Memory(str(e))
-    return Memory(None, found, cgroup.read(found))
+        return MemoryFacts(str(e))
+    return MemoryFacts(None, found, cgroup.read(found))
 
 
 def gather(settings: Settings) -> Facts:

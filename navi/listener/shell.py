@@ -19,7 +19,7 @@ from navi.listener import cgroup, rpc
 from navi.listener import procs as rss
 from navi.listener.classify import Origin
 from navi.listener.coalesce import Outgoing
-from navi.listener.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, Watch
+from navi.listener.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, WatchPids
 from navi.listener.deaths import DeathWatch
 from navi.listener.loop import serve
 from navi.listener.mainlog import LogTail, LogUnavailable, identity, log_source
@@ -199,7 +199,7 @@ class Shell:
                 self._save(action.state)
             elif isinstance(action, Publish):
                 self._publish(action.out)
-            elif isinstance(action, Watch):
+            elif isinstance(action, WatchPids):
                 self.deaths.watch(action.pids)
             elif isinstance(action, Remark):
                 log.info("%s", action.line)
