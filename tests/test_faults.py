@@ -125,7 +125,7 @@ def test_a_full_disk_holds_notifications_until_space_returns(
 def test_a_hostile_neighbour_cannot_redirect_or_block_navi(sandbox: SandboxFactory, scratch_dir: Path) -> None:
     """The application (same uid) knows the next names: it plants links to a
     file outside and a FIFO there.  Navi writes beside them and follows none."""
-    from navi.listener.mainlog import identity
+    from navi.listener.procs import identity
     from navi.names import notification_name as file_name
 
     precious = scratch_dir / "precious"

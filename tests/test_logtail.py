@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from navi.listener.mainlog import FileLog, Identity, LogTail, LogUnavailable, RpcLog, identity, new_lines
+from navi.listener.mainlog import FileLog, LogTail, LogUnavailable, RpcLog, new_lines
+from navi.listener.procs import Identity, identity
 
 
 class GrowingLog:

@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 from navi import __version__
 from navi.listener import cgroup, rpc
-from navi.listener.mainlog import LogUnavailable, identity, log_source
+from navi.listener.mainlog import LogUnavailable, log_source
+from navi.listener.procs import identity
 from navi.listener.shell import Settings
 from navi.listener.spool import Spool, SpoolError
 

@@ -1,6 +1,6 @@
-"""The supervisord that feeds Navi: who it is, and its main log.
+"""supervisord's main log, where the exit statuses are.
 
-The main log is read over ``SUPERVISOR_SERVER_URL`` with
+It is read over ``SUPERVISOR_SERVER_URL`` with
 ``supervisor.readLog`` (or from the file itself).  readLog gives no file size,
 and fails on a range that starts inside a multi-byte character (logging a
 traceback in supervisord's own log), so Navi reads from a known offset at a
@@ -11,16 +11,11 @@ place after the last lines it has already seen.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable, Optional, Protocol
 
-import psutil
-
-from navi.listener import procs, rpc
+from navi.listener import rpc
 
 FIRST_TAIL = 1 << 20  # at start, enough for the current supervisord's recent past
 TAIL = 16 << 10
@@ -199,42 +194,3 @@ class FileLog:
                 return f.read(MAX_TAIL).decode("utf-8", "surrogateescape")
         except OSError as e:
             raise LogUnavailable(f"cannot read supervisord's log {self._path}: {e.strerror}") from None
-
-
-@dataclass(frozen=True)
-class Identity:
-    """One supervisord lifetime: its serials are unique only within it."""
-
-    key: Optional[str]  # boot id, pid and start ticks: stable even if the clock is set
-    started: Optional[datetime]
-
-
-def stat_fields(pid: int, proc_root: str = "/proc") -> list[str]:
-    """The fields of ``/proc/PID/stat`` after the command name (from field 3,
-    the state): the name, in parentheses, may itself hold spaces and
-    parentheses, so they are counted from the last ``)``.  Navi's one reader
-    of that file, for what psutil does not give exactly: the start time in
-    clock ticks."""
-    with open(os.path.join(proc_root, str(pid), "stat"), "rb") as f:
-        text = f.read(65536).decode("ascii", "replace")
-    return text[text.rindex(")") + 2 :].split()
-
-
-def identity(pid: int, proc_root: str = "/proc") -> Identity:
-    """Who process ``pid`` is, and when it started (UTC)."""
-    try:
-        # Field 22, in clock ticks since boot: psutil gives only seconds
-        # since the epoch, through the boot time, which moves when the clock
-        # is set.  The key is in every notification id: it stays as it was.
-        ticks = int(stat_fields(pid, proc_root)[19])
-    except (OSError, ValueError, IndexError):
-        return Identity(None, None)
-    try:
-        with open(os.path.join(proc_root, "sys", "kernel", "random", "boot_id"), "rb") as f:
-            boot_id = f.read(65536).decode("ascii", "replace").strip()
-    except OSError:
-        boot_id = "unknown-boot"
-    started = None
-    with contextlib.suppress(*procs.UNREADABLE, OverflowError), procs.procfs(proc_root):
-        started = datetime.fromtimestamp(psutil.Process(pid).create_time(), timezone.utc)
-    return Identity(f"{boot_id}:{pid}:{ticks}", started)

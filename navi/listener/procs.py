@@ -1,6 +1,9 @@
-"""Who holds the memory: resident size of each supervised program, children
-included, sampled on TICK events so that an OOM notification can say what
-the programs used just before the kill.
+"""Process facts: who holds the memory, and who supervisord is.
+
+The resident size of each supervised program, children included, is
+sampled on TICK events so that an OOM notification can say what the
+programs used just before the kill.  supervisord's identity (boot id, pid,
+start time) names its lifetime, within which event serials are unique.
 
 The process facts come from psutil, read from the procfs at ``proc_root``
 (psutil's ``PROCFS_PATH``).  One pass over the processes per sample, whatever
@@ -12,10 +15,12 @@ most of a second at each TICK, while deaths wait to be reported.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Optional
 
 import psutil
@@ -133,3 +138,42 @@ def sample(programs: Iterable[tuple[str, str, int]], proc_root: str, now: dateti
             if rss is not None:
                 out.append(RssSample(name, group, pid, rss, now))
     return out
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One supervisord lifetime: its serials are unique only within it."""
+
+    key: Optional[str]  # boot id, pid and start ticks: stable even if the clock is set
+    started: Optional[datetime]
+
+
+def stat_fields(pid: int, proc_root: str = "/proc") -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (from field 3,
+    the state): the name, in parentheses, may itself hold spaces and
+    parentheses, so they are counted from the last ``)``.  Navi's one reader
+    of that file, for what psutil does not give exactly: the start time in
+    clock ticks."""
+    with open(os.path.join(proc_root, str(pid), "stat"), "rb") as f:
+        text = f.read(65536).decode("ascii", "replace")
+    return text[text.rindex(")") + 2 :].split()
+
+
+def identity(pid: int, proc_root: str = "/proc") -> Identity:
+    """Who process ``pid`` is, and when it started (UTC)."""
+    try:
+        # Field 22, in clock ticks since boot: psutil gives only seconds
+        # since the epoch, through the boot time, which moves when the clock
+        # is set.  The key is in every notification id: it stays as it was.
+        ticks = int(stat_fields(pid, proc_root)[19])
+    except (OSError, ValueError, IndexError):
+        return Identity(None, None)
+    try:
+        with open(os.path.join(proc_root, "sys", "kernel", "random", "boot_id"), "rb") as f:
+            boot_id = f.read(65536).decode("ascii", "replace").strip()
+    except OSError:
+        boot_id = "unknown-boot"
+    started = None
+    with contextlib.suppress(*UNREADABLE, OverflowError), procfs(proc_root):
+        started = datetime.fromtimestamp(psutil.Process(pid).create_time(), timezone.utc)
+    return Identity(f"{boot_id}:{pid}:{ticks}", started)

@@ -15,14 +15,14 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from navi import __version__
-from navi.listener import cgroup, rpc
-from navi.listener import procs as rss
+from navi.listener import cgroup, procs, rpc
 from navi.listener.classify import Origin
 from navi.listener.coalesce import Outgoing
 from navi.listener.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, WatchPids
 from navi.listener.deaths import DeathWatch
 from navi.listener.loop import serve
-from navi.listener.mainlog import LogTail, LogUnavailable, identity, log_source
+from navi.listener.mainlog import LogTail, LogUnavailable, log_source
+from navi.listener.procs import identity
 from navi.listener.protocol import Event
 from navi.listener.spool import Spool, SpoolError
 from navi.names import MAX_STATE_SIZE, STATE_FILE, next_seconds, original_name
@@ -190,7 +190,7 @@ class Shell:
         elif need.oom_kill:
             changes.update(oom_kill_read=True, oom_kill=cgroup.read_oom_kill(self._cgroup) if self._cgroup else None)
         if need.rss:  # a few /proc reads per program: on TICKs only
-            changes["rss"] = tuple(rss.sample(self.core.running.programs(), self.settings.proc_root, readings.now))
+            changes["rss"] = tuple(procs.sample(self.core.running.programs(), self.settings.proc_root, readings.now))
         return replace(readings, **changes)  # type: ignore[arg-type]
 
     def _carry_out(self, actions: list[Action]) -> None:

@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from bench import procfs as bench_procfs
-from navi.listener import procs as rss
-from navi.listener.mainlog import identity
+from navi.listener import procs
+from navi.listener.procs import identity
 
 NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
 
@@ -44,7 +44,7 @@ def family() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def test_a_program_counts_with_its_descendants(family: subprocess.Popen[bytes]) -> None:
-    (s,) = rss.sample([("web", "web", family.pid)], "/proc", NOW)
+    (s,) = procs.sample([("web", "web", family.pid)], "/proc", NOW)
     own = psutil.Process(family.pid).memory_info().rss
     assert (s.name, s.group, s.pid, s.sampled_at) == ("web", "web", family.pid, NOW)
     assert s.rss_bytes >= own + (32 << 20)
@@ -54,7 +54,7 @@ def test_a_program_counts_with_its_descendants(family: subprocess.Popen[bytes]) 
 def test_many_programs_in_one_pass(family: subprocess.Popen[bytes]) -> None:
     children = psutil.Process(family.pid).children()
     programs = [("g", f"p{c.pid}", c.pid) for c in children] + [("g", "gone", 2**22 + 1)]
-    samples = rss.sample(programs, "/proc", NOW)
+    samples = procs.sample(programs, "/proc", NOW)
     assert sorted(s.pid for s in samples) == sorted(c.pid for c in children)
     assert max(s.rss_bytes for s in samples) >= 32 << 20
 
@@ -68,45 +68,45 @@ def test_a_program_gone_has_no_sample_and_a_zombie_counts_nothing() -> None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     try:
-        samples = rss.sample([("a", "gone", gone.pid), ("a", "zombie", zombie.pid)], "/proc", NOW)
+        samples = procs.sample([("a", "gone", gone.pid), ("a", "zombie", zombie.pid)], "/proc", NOW)
         assert [(s.name, s.rss_bytes) for s in samples] == [("zombie", 0)]
     finally:
         zombie.wait()
-    assert rss.sample([], "/proc", NOW) == []
+    assert procs.sample([], "/proc", NOW) == []
 
 
 def test_a_fake_tree_without_the_files_gives_no_sample(tmp_path: Path) -> None:
     """What psutil does where a file is missing or wrong: never an exception."""
     me = os.getpid()
     proc = tmp_path / "proc"
-    assert rss.sample([("a", "a", me)], str(proc), NOW) == []  # no procfs at all
+    assert procs.sample([("a", "a", me)], str(proc), NOW) == []  # no procfs at all
     proc.mkdir()
-    assert rss.sample([("a", "a", me)], str(proc), NOW) == []  # an empty one
+    assert procs.sample([("a", "a", me)], str(proc), NOW) == []  # an empty one
     (proc / str(me)).mkdir()
-    assert rss.sample([("a", "a", me)], str(proc), NOW) == []  # no stat, no statm
+    assert procs.sample([("a", "a", me)], str(proc), NOW) == []  # no stat, no statm
     shutil.copy(f"/proc/{me}/stat", proc / str(me) / "stat")
-    assert rss.sample([("a", "a", me)], str(proc), NOW) == []  # a stat, no statm
+    assert procs.sample([("a", "a", me)], str(proc), NOW) == []  # a stat, no statm
     (proc / "1").mkdir()
     (proc / "1" / "stat").write_text("garbage")
     (proc / "1" / "statm").write_text("garbage\n")
     (proc / "2").mkdir()
     (proc / "2" / "stat").write_text("")
     shutil.copy(f"/proc/{me}/statm", proc / str(me) / "statm")
-    (s,) = rss.sample([("a", "a", me), ("b", "b", 1), ("c", "c", 2)], str(proc), NOW)
+    (s,) = procs.sample([("a", "a", me), ("b", "b", 1), ("c", "c", 2)], str(proc), NOW)
     assert s.pid == me and s.rss_bytes > 1 << 20
     assert psutil.PROCFS_PATH == "/proc"
 
 
 def test_the_same_pids_under_another_procfs_are_read_there(tmp_path: Path, family: subprocess.Popen[bytes]) -> None:
     """Processes kept from one pass are not reused under another root."""
-    assert rss.sample([("web", "web", family.pid)], "/proc", NOW)
+    assert procs.sample([("web", "web", family.pid)], "/proc", NOW)
     proc = tmp_path / "proc"
     (proc / str(family.pid)).mkdir(parents=True)
     shutil.copy(f"/proc/{family.pid}/stat", proc / str(family.pid) / "stat")
     (proc / str(family.pid) / "statm").write_text("100 7 0 0 0 0 0\n")
-    (s,) = rss.sample([("web", "web", family.pid)], str(proc), NOW)
+    (s,) = procs.sample([("web", "web", family.pid)], str(proc), NOW)
     assert s.rss_bytes == 7 * os.sysconf("SC_PAGE_SIZE")  # its children are not in that tree
-    assert rss.sample([("web", "web", family.pid)], "/proc", NOW)[0].rss_bytes >= 32 << 20
+    assert procs.sample([("web", "web", family.pid)], "/proc", NOW)[0].rss_bytes >= 32 << 20
 
 
 def test_identity_keeps_its_key_and_takes_the_start_from_psutil(tmp_path: Path) -> None:
