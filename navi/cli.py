@@ -42,7 +42,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv and argv[0] in COMMANDS:
         # The eventlisteners speak the protocol on stdout, and nothing else may.
         protocol_fd = take_stdout() if argv[:1] == ["listen"] or argv[:2] == ["fake", "record"] else None
-        wing = importlib.import_module(COMMANDS[argv[0]][0])
+        try:
+            wing = importlib.import_module(COMMANDS[argv[0]][0])
+        except ModuleNotFoundError as e:
+            if not e.name or e.name.split(".")[0] == "navi":
+                raise
+            # A run image carries the listener alone: the polling side is an extra.
+            print(f"navi {argv[0]}: needs {e.name}, which is not installed here; "
+                  "the polling side's commands come with: pip install 'navi[consumer]'", file=sys.stderr)
+            return 2
         status: int = wing.main(argv, protocol_fd)
         return status
     parser = argparse.ArgumentParser(prog="navi", description=__doc__)

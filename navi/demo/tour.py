@@ -1,4 +1,4 @@
-"""``navi demo``: Navi doing its job under real supervisord, in about 30 s.
+"""``navi demo``: Navi doing its job under real supervisord, in about 10 s.
 
 supervisord starts from the shipped configuration under a temporary /mnt,
 with programs that die in the usual ways; where this machine allows (root,
