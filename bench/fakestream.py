@@ -28,12 +28,19 @@ class Listener:
 
 
 def listeners() -> list[Listener]:
-    found = [Listener("navi", [str(BIN / "navi"), "listen"]),
-             Listener("minimal", [PY, str(HERE / "minimal_listener.py")])]
+    found = [
+        Listener("navi", [str(BIN / "navi"), "listen"]),
+        Listener("minimal", [PY, str(HERE / "minimal_listener.py")]),
+    ]
     if (BIN / "crashmail").exists():
         # crashmail refuses to start without SUPERVISOR_SERVER_URL.
-        found.append(Listener("crashmail", [str(BIN / "crashmail"), "-a", "-m", "ops@example.invalid",
-                                            "-s", "cat > /dev/null"], needs_supervisord=True))
+        found.append(
+            Listener(
+                "crashmail",
+                [str(BIN / "crashmail"), "-a", "-m", "ops@example.invalid", "-s", "cat > /dev/null"],
+                needs_supervisord=True,
+            )
+        )
         # memmon asks supervisord for every program's memory on each TICK.
         found.append(Listener("memmon", [str(BIN / "memmon"), "-a", "1GB"], needs_supervisord=True))
     return found
@@ -85,8 +92,15 @@ def footprint(listener: Listener, events: int, crashes: int, oom_kills: int) -> 
                 memory.peak_mb = procfs.peak_rss_mb(pid)
 
     with _world() as world, _supervisord(listener.needs_supervisord) as env:
-        outcome = play(generate(events, crashes, oom_kills), listener.command, world, env=env, on_ready=ready,
-                       trace=trace, stderr=world.root / "stderr")  # memmon prints on every TICK
+        outcome = play(
+            generate(events, crashes, oom_kills),
+            listener.command,
+            world,
+            env=env,
+            on_ready=ready,
+            trace=trace,
+            stderr=world.root / "stderr",
+        )  # memmon prints on every TICK
     return memory, outcome.violations
 
 

@@ -59,14 +59,14 @@ def _reports(box: Sandbox, peer: Peer) -> list[float]:
 def measure(peer: Peer, deaths: int, how: str) -> tuple[list[float], list[str]]:
     """Latencies in ms, and problems (a wrong or missing classification)."""
     victims = "".join(
-        program(f"victim{i:02d}", f"{PY} {HERE / 'victim.py'} {{mnt}}/tmp/go{i} {{mnt}}/tmp/died{i} {how}",
-                startsecs=1)
+        program(f"victim{i:02d}", f"{PY} {HERE / 'victim.py'} {{mnt}}/tmp/go{i} {{mnt}}/tmp/died{i} {how}", startsecs=1)
         for i in range(deaths)
     )
     with contextlib.ExitStack() as stack:
         cgroup = stack.enter_context(memory_cgroup(OOM_LIMIT)) if how == "oom" else None
-        box = stack.enter_context(Sandbox(victims, cgroup_dir=cgroup.path if cgroup else None,
-                                          navi_command=peer.command))
+        box = stack.enter_context(
+            Sandbox(victims, cgroup_dir=cgroup.path if cgroup else None, navi_command=peer.command)
+        )
         wait(lambda: all(box.status().get(f"victim{i:02d}") == "RUNNING" for i in range(deaths)), 30)
         latencies, problems = [], []
         for i in range(deaths):

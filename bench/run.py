@@ -34,7 +34,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def row(what: str, unit: str, s: dict[str, float], note: str = "") -> str:
-    return (f"{what:<44} {s['min']:>9.1f} {s['median']:>9.1f} {s['p95']:>9.1f} {s['max']:>9.1f}  {unit:<6} {note}")
+    return f"{what:<44} {s['min']:>9.1f} {s['median']:>9.1f} {s['p95']:>9.1f} {s['max']:>9.1f}  {unit:<6} {note}"
 
 
 def main() -> None:
@@ -44,8 +44,11 @@ def main() -> None:
     deaths = 6 if args.quick else 20
     results: dict[str, Any] = {
         "when": datetime.now(timezone.utc).isoformat(),
-        "machine": {"python": platform.python_version(), "kernel": platform.release(),
-                    "cpus": __import__("os").cpu_count()},
+        "machine": {
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+            "cpus": __import__("os").cpu_count(),
+        },
     }
     lines = [f"{'':<44} {'min':>9} {'median':>9} {'p95':>9} {'max':>9}"]
 
@@ -62,8 +65,9 @@ def main() -> None:
             print(f"latency: {peer.name}, {deaths} deaths by {how} ...", flush=True)
             values, problems = latency.measure(peer, deaths, how)
             results["latency_ms"][f"{peer.name}/{how}"] = {**summary(values), "problems": problems}
-            lines.append(row(f"latency {how}: {peer.name}", "ms", summary(values),
-                             f"WRONG: {problems}" if problems else ""))
+            lines.append(
+                row(f"latency {how}: {peer.name}", "ms", summary(values), f"WRONG: {problems}" if problems else "")
+            )
         navi = results["latency_ms"][f"navi/{how}"]
         for other in ("minimal", "crashmail"):
             if f"{other}/{how}" in results["latency_ms"]:
@@ -78,13 +82,21 @@ def main() -> None:
         print(f"footprint: {listener.name}, {runs} x 10,000 events ...", flush=True)
         samples = [fakestream.footprint(listener, 10_000, 1_000, 100) for _ in range(runs)]
         broken = sorted({v for _, violations in samples for v in violations})
-        figures = {key: summary([getattr(m, key) for m, _ in samples])
-                   for key in ("idle_mb", "first_thousand_mb", "last_mb", "peak_mb")}
+        figures = {
+            key: summary([getattr(m, key) for m, _ in samples])
+            for key in ("idle_mb", "first_thousand_mb", "last_mb", "peak_mb")
+        }
         results["footprint_mb"][listener.name] = {**figures, "violations": broken}
         lines.append(row(f"idle RSS: {listener.name}", "MB", figures["idle_mb"]))
         growth = figures["last_mb"]["median"] - figures["first_thousand_mb"]["median"]
-        lines.append(row(f"peak RSS, 10k events: {listener.name}", "MB", figures["peak_mb"],
-                         f"growth after event 1,000: {growth:+.2f} MB" + (f"; PROTOCOL: {broken}" if broken else "")))
+        lines.append(
+            row(
+                f"peak RSS, 10k events: {listener.name}",
+                "MB",
+                figures["peak_mb"],
+                f"growth after event 1,000: {growth:+.2f} MB" + (f"; PROTOCOL: {broken}" if broken else ""),
+            )
+        )
     fp = results["footprint_mb"]
     if "crashmail" in fp:
         ratio = fp["navi"]["peak_mb"]["median"] / fp["crashmail"]["peak_mb"]["median"]
@@ -116,14 +128,18 @@ def main() -> None:
     print("idle ...", flush=True)
     results["idle"] = supervised.idle(20 if args.quick else 60)
     for name, figures in results["idle"].items():
-        lines.append(f"idle {name}: {figures['wakeups_per_min']:.0f} wake-ups/min, "
-                     f"{figures['cpu_ms_per_min']:.1f} ms CPU/min, RSS {figures['idle_rss_mb']:.1f} MB")
+        lines.append(
+            f"idle {name}: {figures['wakeups_per_min']:.0f} wake-ups/min, "
+            f"{figures['cpu_ms_per_min']:.1f} ms CPU/min, RSS {figures['idle_rss_mb']:.1f} MB"
+        )
     print("burst of 200 deaths ...", flush=True)
     results["burst"] = supervised.burst(200)
     b = results["burst"]
-    lines.append(f"burst: {b['programs']} programs killed at once: {b['notifications']} notifications, "
-                 f"the last {b['seconds_to_last']:.2f} s after; events discarded by supervisord: "
-                 f"{b['events_discarded']}")
+    lines.append(
+        f"burst: {b['programs']} programs killed at once: {b['notifications']} notifications, "
+        f"the last {b['seconds_to_last']:.2f} s after; events discarded by supervisord: "
+        f"{b['events_discarded']}"
+    )
 
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)

@@ -18,16 +18,16 @@ def startup_ms(runs: int) -> dict[str, list[float]]:
     """From exec to the first READY, for `navi listen` reaching a real
     supervisord (its log over readLog, its programs over XML-RPC, the
     cgroup) and for the minimal listener."""
-    commands = {"navi": [str(Path(PY).parent / "navi"), "listen"],
-                "minimal": [PY, str(HERE / "minimal_listener.py")]}
+    commands = {"navi": [str(Path(PY).parent / "navi"), "listen"], "minimal": [PY, str(HERE / "minimal_listener.py")]}
     out: dict[str, list[float]] = {name: [] for name in commands}
     with Sandbox(program("web", "sleep 600")) as box:
         env = {**box.env, "SUPERVISOR_SERVER_URL": f"unix://{box.socket}"}
         for _ in range(runs):
             for name, command in commands.items():
                 start = time.perf_counter()
-                listener = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=subprocess.DEVNULL)
+                listener = subprocess.Popen(
+                    command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+                )
                 assert listener.stdout is not None and listener.stdin is not None
                 ready = listener.stdout.read(6)
                 out[name].append((time.perf_counter() - start) * 1000)

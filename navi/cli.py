@@ -48,8 +48,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not e.name or e.name.split(".")[0] == "navi":
                 raise
             # A run image carries the listener alone: the polling side is an extra.
-            print(f"navi {argv[0]}: needs {e.name}, which is not installed here; "
-                  "the polling side's commands come with: pip install 'navi[consumer]'", file=sys.stderr)
+            print(
+                f"navi {argv[0]}: needs {e.name}, which is not installed here; "
+                "the polling side's commands come with: pip install 'navi[consumer]'",
+                file=sys.stderr,
+            )
             return 2
         status: int = wing.main(argv, protocol_fd)
         return status

@@ -32,9 +32,14 @@ def _doc(description: str, *examples: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ProcessInfo:
-    name: Optional[str] = field(metadata=_doc(
-        "supervisord's process name, as in the event; null for an OOM kill that no supervised program's death "
-        "claimed (the container's notification)", "web", None))
+    name: Optional[str] = field(
+        metadata=_doc(
+            "supervisord's process name, as in the event; null for an OOM kill that no supervised program's death "
+            "claimed (the container's notification)",
+            "web",
+            None,
+        )
+    )
     group: Optional[str] = field(metadata=_doc("supervisord's group name, as in the event (null likewise)", "web"))
     pid: Optional[int] = field(metadata=_doc("pid of the process that died, when known", 17984))
 
@@ -45,8 +50,9 @@ class ProgramMemory:
     group: str = field(metadata=_doc("supervisord's group name", "web"))
     pid: int = field(metadata=_doc("the program's pid when sampled", 17984))
     rss_bytes: int = field(metadata=_doc("resident memory of the program and all its descendants", 190316544))
-    sampled_at: datetime = field(metadata=_doc("when (Navi samples every 5 s, on TICK_5)",
-                                               "2026-11-24T23:39:05.120000Z"))
+    sampled_at: datetime = field(
+        metadata=_doc("when (Navi samples every 5 s, on TICK_5)", "2026-11-24T23:39:05.120000Z")
+    )
 
 
 @dataclass(frozen=True)
@@ -55,15 +61,23 @@ class ExitInfo:
     signal: Optional[str] = field(metadata=_doc('signal that killed it, like "SIGKILL"; else null', "SIGSEGV", None))
     signal_number: Optional[int] = field(metadata=_doc("number of that signal; else null", 11, None))
     core_dumped: Optional[bool] = field(metadata=_doc("whether it dumped core; null when unknown", False))
-    during_startup: bool = field(metadata=_doc(
-        "it died before startsecs (PROCESS_STATE_BACKOFF), or never got running (FATAL)", False))
-    log_line: Optional[str] = field(metadata=_doc(
-        "supervisord's main log line this was read from",
-        "2026-11-24 23:39:09,395 WARN exited: web (terminated by SIGSEGV; not expected)"))
-    unavailable: Optional[str] = field(metadata=_doc(
-        "why the exit status is null, when it is", None,
-        "supervisord's log has no exited: line for it (it may have failed to spawn: see its spawnerr: lines; "
-        "or supervisord logs only errors, or the line was rotated away)"))
+    during_startup: bool = field(
+        metadata=_doc("it died before startsecs (PROCESS_STATE_BACKOFF), or never got running (FATAL)", False)
+    )
+    log_line: Optional[str] = field(
+        metadata=_doc(
+            "supervisord's main log line this was read from",
+            "2026-11-24 23:39:09,395 WARN exited: web (terminated by SIGSEGV; not expected)",
+        )
+    )
+    unavailable: Optional[str] = field(
+        metadata=_doc(
+            "why the exit status is null, when it is",
+            None,
+            "supervisord's log has no exited: line for it (it may have failed to spawn: see its spawnerr: lines; "
+            "or supervisord logs only errors, or the line was rotated away)",
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -75,31 +89,47 @@ class MemoryInfo:
     peak_bytes: Optional[int] = field(metadata=_doc("peak usage, where the kernel offers it", 201326592, None))
     oom_kill: Optional[int] = field(metadata=_doc("the cgroup's oom_kill counter (total kills)", 1))
     oom_kill_rise: Optional[int] = field(
-        metadata=_doc("how much oom_kill rose since Navi last looked; null when it cannot tell", 1))
-    problems: list[str] = field(metadata=_doc(
-        "figures that could not be read, and why", [], ["memory.peak: No such file or directory"]))
+        metadata=_doc("how much oom_kill rose since Navi last looked; null when it cannot tell", 1)
+    )
+    problems: list[str] = field(
+        metadata=_doc("figures that could not be read, and why", [], ["memory.peak: No such file or directory"])
+    )
     victim: Optional[ProgramMemory] = field(
-        metadata=_doc("the last sample of the program that died, before it died"), default=None)
-    programs: list[ProgramMemory] = field(metadata=_doc(
-        "the last sample of each supervised program, largest first: who held the memory"), default_factory=list)
+        metadata=_doc("the last sample of the program that died, before it died"), default=None
+    )
+    programs: list[ProgramMemory] = field(
+        metadata=_doc("the last sample of each supervised program, largest first: who held the memory"),
+        default_factory=list,
+    )
 
 
 @dataclass(frozen=True)
 class Coalesced:
-    first: datetime = field(metadata=_doc("when the first incident this notification stands for was observed",
-                                          "2026-11-24T23:40:01.002000Z"))
-    last: datetime = field(metadata=_doc("when the last one was (this notification's own time)",
-                                         "2026-11-24T23:41:00.950000Z"))
-    reason: str = field(metadata=_doc('why they were not written one by one: "rate limit", "directory full", ...',
-                                      "rate limit", "directory full", "disk full"))
+    first: datetime = field(
+        metadata=_doc(
+            "when the first incident this notification stands for was observed", "2026-11-24T23:40:01.002000Z"
+        )
+    )
+    last: datetime = field(
+        metadata=_doc("when the last one was (this notification's own time)", "2026-11-24T23:41:00.950000Z")
+    )
+    reason: str = field(
+        metadata=_doc(
+            'why they were not written one by one: "rate limit", "directory full", ...',
+            "rate limit",
+            "directory full",
+            "disk full",
+        )
+    )
 
 
 @dataclass(frozen=True)
 class Source:
     host: str = field(metadata=_doc("the container's host name", "web-7f9c2"))
     supervisord_pid: Optional[int] = field(metadata=_doc("supervisord's pid (Navi's parent)", 1))
-    supervisord_started: Optional[datetime] = field(metadata=_doc(
-        "when supervisord started; null when it could not be read", "2026-11-24T23:39:06.890000Z"))
+    supervisord_started: Optional[datetime] = field(
+        metadata=_doc("when supervisord started; null when it could not be read", "2026-11-24T23:39:06.890000Z")
+    )
     navi_version: str = field(metadata=_doc("the version of Navi that wrote the file", "2.0.0"))
 
 
@@ -107,40 +137,84 @@ class Source:
 class Notification:
     """One incident: a crash, an OOM kill or a FATAL, as Navi saw it."""
 
-    schema_version: int = field(metadata={
-        "alias": "schema", **_doc("format version: grows only when a change could break a consumer (a key removed, "
-                                  "renamed or retyped); new optional keys leave it alone", 1)})
-    id: str = field(metadata=_doc(
-        "unique; the same event delivered twice gives the same id: host, supervisord's identity (boot id, pid, "
-        "start time in ticks) and the event's serial", "web-7f9c2:5f8b48f3-5e61-4ce9-9be0-a8ce76da2f0f:1:614770:24"))
+    schema_version: int = field(
+        metadata={
+            "alias": "schema",
+            **_doc(
+                "format version: grows only when a change could break a consumer (a key removed, "
+                "renamed or retyped); new optional keys leave it alone",
+                1,
+            ),
+        }
+    )
+    id: str = field(
+        metadata=_doc(
+            "unique; the same event delivered twice gives the same id: host, supervisord's identity (boot id, pid, "
+            "start time in ticks) and the event's serial",
+            "web-7f9c2:5f8b48f3-5e61-4ce9-9be0-a8ce76da2f0f:1:614770:24",
+        )
+    )
     type: Kind = field(metadata=_doc("crash, oom or fatal", "oom"))
     time: datetime = field(metadata=_doc("when Navi observed the incident (UTC)", "2026-11-24T23:39:09.399933Z"))
-    summary: str = field(metadata=_doc(
-        "one line for a person", "web was killed by the kernel's OOM killer (memory limit 192.0 MiB, peak 192.0 MiB)"))
+    summary: str = field(
+        metadata=_doc(
+            "one line for a person",
+            "web was killed by the kernel's OOM killer (memory limit 192.0 MiB, peak 192.0 MiB)",
+        )
+    )
     process: ProcessInfo = field(metadata=_doc("the supervised process the incident is about"))
     exit: ExitInfo = field(metadata=_doc("how it ended, from supervisord's main log"))
-    memory: Optional[MemoryInfo] = field(metadata=_doc(
-        "the container's memory cgroup when Navi looked; null when none could be found"))
-    notes: list[str] = field(metadata=_doc(
-        "what Navi could not establish, and why", [],
-        ["this OOM kill was counted while reporting an earlier death, 3 ms before"]))
+    memory: Optional[MemoryInfo] = field(
+        metadata=_doc("the container's memory cgroup when Navi looked; null when none could be found")
+    )
+    notes: list[str] = field(
+        metadata=_doc(
+            "what Navi could not establish, and why",
+            [],
+            ["this OOM kill was counted while reporting an earlier death, 3 ms before"],
+        )
+    )
     # The event as received, under the keys the original Navi used, so that
     # its consumers (keyed on Header.eventname and Metadata) keep working.
     header: dict[str, str] = field(
-        metadata={"alias": "Header", **_doc("the event's header tokens, as received (the original Navi's key)", {
-            "ver": "3.0", "server": "supervisor", "serial": "24", "pool": "navi", "poolserial": "24",
-            "eventname": "PROCESS_STATE_EXITED", "len": "69"})}
+        metadata={
+            "alias": "Header",
+            **_doc(
+                "the event's header tokens, as received (the original Navi's key)",
+                {
+                    "ver": "3.0",
+                    "server": "supervisor",
+                    "serial": "24",
+                    "pool": "navi",
+                    "poolserial": "24",
+                    "eventname": "PROCESS_STATE_EXITED",
+                    "len": "69",
+                },
+            ),
+        }
     )
     metadata: dict[str, str] = field(
-        metadata={"alias": "Metadata", **_doc("the event's payload tokens, as received (the original Navi's key)", {
-            "processname": "web", "groupname": "web", "from_state": "RUNNING", "expected": "0", "pid": "17984"})}
+        metadata={
+            "alias": "Metadata",
+            **_doc(
+                "the event's payload tokens, as received (the original Navi's key)",
+                {"processname": "web", "groupname": "web", "from_state": "RUNNING", "expected": "0", "pid": "17984"},
+            ),
+        }
     )
     source: Source = field(metadata=_doc("who wrote the file"))
-    count: int = field(metadata=_doc(
-        "incidents of this program and type this notification stands for: more than 1 when a crash storm (or a "
-        "full disk) held some back; the counts of all notifications add up to all incidents", 1, 12), default=1)
+    count: int = field(
+        metadata=_doc(
+            "incidents of this program and type this notification stands for: more than 1 when a crash storm (or a "
+            "full disk) held some back; the counts of all notifications add up to all incidents",
+            1,
+            12,
+        ),
+        default=1,
+    )
     coalesced: Optional[Coalesced] = field(
-        metadata=_doc("when count > 1: the span of the incidents folded in"), default=None)
+        metadata=_doc("when count > 1: the span of the incidents folded in"), default=None
+    )
 
     def to_json(self) -> bytes:
         return encode(self) + b"\n"
@@ -170,9 +244,7 @@ _FIRST_KEYS = ("schema", "id", "type", "time", "count", "coalesced", "summary")
 def to_data(value: Any) -> Any:
     """A dataclass tree as JSON-ready data, keys under their aliases."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.metadata.get("alias", f.name): to_data(getattr(value, f.name)) for f in dataclasses.fields(value)
-        }
+        return {f.metadata.get("alias", f.name): to_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
     if isinstance(value, (list, tuple)):

@@ -43,63 +43,106 @@ def _parser() -> argparse.ArgumentParser:
         "(default: %(default)s)"
     )
     ls = commands.add_parser(
-        "ls", help="list the notifications in directories, in order, validated",
+        "ls",
+        help="list the notifications in directories, in order, validated",
         description="List the notifications in each directory (or glob) in the order of the incidents. "
         "Every file is validated against the schema; anything else is named on stderr with the reason.",
     )
-    ls.add_argument("dirs", nargs="*", metavar="DIR", default=[DEFAULT_DIR],
-                    help=f"notification directories or globs (default: {DEFAULT_DIR})")
+    ls.add_argument(
+        "dirs",
+        nargs="*",
+        metavar="DIR",
+        default=[DEFAULT_DIR],
+        help=f"notification directories or globs (default: {DEFAULT_DIR})",
+    )
     ls.add_argument("--json", action="store_true", help="one JSON line per notification instead of a table")
 
     show = commands.add_parser(
-        "show", help="show one notification",
+        "show",
+        help="show one notification",
         description="Show one notification, given as a file or by its id (or the start of it), which is "
         "looked for in the directories and what was claimed from them.",
     )
     show.add_argument("what", metavar="FILE|ID")
-    show.add_argument("--dir", action="append", metavar="DIR",
-                      help=f"where to look for an id; repeatable, globs allowed (default: {DEFAULT_DIR})")
+    show.add_argument(
+        "--dir",
+        action="append",
+        metavar="DIR",
+        help=f"where to look for an id; repeatable, globs allowed (default: {DEFAULT_DIR})",
+    )
     show.add_argument("--claim-dir", metavar="DIR", default=".claimed", help=claim_dir_help)
     show.add_argument("--json", action="store_true", help="the file's JSON, indented")
 
     watch = commands.add_parser(
-        "watch", help="follow directories (globs: many containers at once) and print each new notification",
+        "watch",
+        help="follow directories (globs: many containers at once) and print each new notification",
         description="Print the notifications in the directories matched by the globs, then each new one as it "
         "is published (inotify, or polling where there is none). The globs are expanded again every few "
         "seconds, so that new containers are picked up. Ends cleanly on SIGINT or SIGTERM.",
     )
-    watch.add_argument("globs", nargs="*", metavar="GLOB", default=[DEFAULT_DIR],
-                       help=f"notification directories or globs (default: {DEFAULT_DIR})")
-    watch.add_argument("--json", action="store_true",
-                       help="one JSON line per notification: {dir, file, claimed, notification}")
-    watch.add_argument("--ack", action="store_true",
-                       help="claim each notification before printing it: it is printed only by the watcher that "
-                       "won it, and never again; what is not a notification is quarantined")
+    watch.add_argument(
+        "globs",
+        nargs="*",
+        metavar="GLOB",
+        default=[DEFAULT_DIR],
+        help=f"notification directories or globs (default: {DEFAULT_DIR})",
+    )
+    watch.add_argument(
+        "--json", action="store_true", help="one JSON line per notification: {dir, file, claimed, notification}"
+    )
+    watch.add_argument(
+        "--ack",
+        action="store_true",
+        help="claim each notification before printing it: it is printed only by the watcher that "
+        "won it, and never again; what is not a notification is quarantined",
+    )
     watch.add_argument("--claim-dir", metavar="DIR", default=".claimed", help=claim_dir_help)
-    watch.add_argument("--keep", metavar="DAYS", type=float, default=KEEP_DAYS,
-                       help="with --ack, remove claimed and quarantined files after DAYS (inf: never; "
-                       "default: %(default)g)")
+    watch.add_argument(
+        "--keep",
+        metavar="DAYS",
+        type=float,
+        default=KEEP_DAYS,
+        help="with --ack, remove claimed and quarantined files after DAYS (inf: never; default: %(default)g)",
+    )
     watch.add_argument("--poll", action="store_true", help="poll even where inotify works")
-    watch.add_argument("--interval", metavar="SECONDS", type=_seconds, default=2.0,
-                       help="how often to poll, where polling (default: %(default)g)")
-    watch.add_argument("--rescan", metavar="SECONDS", type=_seconds, default=5.0,
-                       help="how often to expand the globs again (default: %(default)g)")
+    watch.add_argument(
+        "--interval",
+        metavar="SECONDS",
+        type=_seconds,
+        default=2.0,
+        help="how often to poll, where polling (default: %(default)g)",
+    )
+    watch.add_argument(
+        "--rescan",
+        metavar="SECONDS",
+        type=_seconds,
+        default=5.0,
+        help="how often to expand the globs again (default: %(default)g)",
+    )
 
     ack = commands.add_parser(
-        "ack", help="claim notifications: move them into a directory this consumer owns",
+        "ack",
+        help="claim notifications: move them into a directory this consumer owns",
         description="Claim notifications by renaming them into the claim directory (Maildir-style): of "
         "consumers claiming the same file, exactly one wins. What is not a notification is quarantined, "
         "with the reason beside it.",
     )
     ack.add_argument("paths", nargs="*", metavar="FILE", help="the files to claim (with --all: directories)")
-    ack.add_argument("--all", action="store_true",
-                     help=f"claim every notification in the directories given (default: {DEFAULT_DIR})")
+    ack.add_argument(
+        "--all", action="store_true", help=f"claim every notification in the directories given (default: {DEFAULT_DIR})"
+    )
     ack.add_argument("--claim-dir", metavar="DIR", default=".claimed", help=claim_dir_help)
-    ack.add_argument("--keep", metavar="DAYS", type=float, default=KEEP_DAYS,
-                     help="remove claimed and quarantined files after DAYS (inf: never; default: %(default)g)")
+    ack.add_argument(
+        "--keep",
+        metavar="DAYS",
+        type=float,
+        default=KEEP_DAYS,
+        help="remove claimed and quarantined files after DAYS (inf: never; default: %(default)g)",
+    )
     ack.add_argument("--json", action="store_true", help="print each claimed notification as a JSON line")
     commands.add_parser(
-        "schema", help="print the JSON Schema of the notification files",
+        "schema",
+        help="print the JSON Schema of the notification files",
         description="Print the JSON Schema of the notification format (also in the package, as "
         "navi/notification.schema.json).",
     )
@@ -170,8 +213,15 @@ WATCH_WIDTHS = (23, 5, 16, 8, 5, 0)
 def row(f: Found, paths: bool) -> tuple[str, ...]:
 
     n = f.notification
-    return (when(n.time), n.type, shown(program(n)), shown(exit_text(n)), str(n.count),
-            shown(f.path if paths else f.name), shown(n.summary))
+    return (
+        when(n.time),
+        n.type,
+        shown(program(n)),
+        shown(exit_text(n)),
+        str(n.count),
+        shown(f.path if paths else f.name),
+        shown(n.summary),
+    )
 
 
 def lay_out(rows: list[tuple[str, ...]], widths: tuple[int, ...]) -> str:
@@ -216,12 +266,22 @@ def pretty(found: Found) -> str:
         lines.append(("memory", "no memory cgroup found"))
     else:
         lines.append(("memory", f"cgroup v{m.cgroup_version} {m.cgroup_path}"))
-        lines.append(("", f"limit {mib(m.limit_bytes) if m.limit_bytes is not None else 'none'}, "
-                          f"usage {mib(m.usage_bytes)}, peak {mib(m.peak_bytes)}; "
-                          f"oom_kill {m.oom_kill} (rose by {m.oom_kill_rise})"))
+        lines.append(
+            (
+                "",
+                f"limit {mib(m.limit_bytes) if m.limit_bytes is not None else 'none'}, "
+                f"usage {mib(m.usage_bytes)}, peak {mib(m.peak_bytes)}; "
+                f"oom_kill {m.oom_kill} (rose by {m.oom_kill_rise})",
+            )
+        )
         if m.victim is not None:
-            lines.append(("", f"victim: {m.victim.name} (pid {m.victim.pid}) {mib(m.victim.rss_bytes)} "
-                              f"at {when(m.victim.sampled_at)}"))
+            lines.append(
+                (
+                    "",
+                    f"victim: {m.victim.name} (pid {m.victim.pid}) {mib(m.victim.rss_bytes)} "
+                    f"at {when(m.victim.sampled_at)}",
+                )
+            )
         if m.programs:
             lines.append(("", "programs: " + ", ".join(f"{s.name} {mib(s.rss_bytes)}" for s in m.programs)))
         lines += [("", f"problem: {text}") for text in m.problems]
@@ -235,8 +295,9 @@ def pretty(found: Found) -> str:
     lines.append(("event", ", ".join(event)))
     s = n.source
     started = when(s.supervisord_started) + " UTC" if s.supervisord_started else "?"
-    lines.append(("source", f"host {s.host}, supervisord pid {s.supervisord_pid} started {started}, "
-                            f"navi {s.navi_version}"))
+    lines.append(
+        ("source", f"host {s.host}, supervisord pid {s.supervisord_pid} started {started}, navi {s.navi_version}")
+    )
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k.ljust(width)}  {shown(v)}".rstrip() for k, v in lines)
 
@@ -275,7 +336,6 @@ def _ls(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     import json
-
 
     what: str = args.what
     if os.path.lexists(what):
@@ -342,8 +402,13 @@ def _as_claimed(item: Found, origin: str) -> Found:
 def _watch(args: argparse.Namespace) -> int:
 
     follow = Watch(
-        args.globs, claim=args.ack, claim_dir=args.claim_dir, keep=args.keep * 86400,
-        use_inotify=False if args.poll else None, interval=args.interval, rescan=args.rescan,
+        args.globs,
+        claim=args.ack,
+        claim_dir=args.claim_dir,
+        keep=args.keep * 86400,
+        use_inotify=False if args.poll else None,
+        interval=args.interval,
+        rescan=args.rescan,
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: follow.stop())
@@ -410,8 +475,10 @@ def _claim(inbox: Inbox, name: Optional[str], as_json: bool) -> int:
             continue
         status = 1
         if result is None:
-            _say(f"{os.path.join(inbox.directory, name or '')}: not there (claimed by another consumer?), "
-                 "or not a notification's name")
+            _say(
+                f"{os.path.join(inbox.directory, name or '')}: not there (claimed by another consumer?), "
+                "or not a notification's name"
+            )
         elif isinstance(result, Pending):
             _say(f"{result.directory}/{result.name}: {result.why}; try again")
         else:

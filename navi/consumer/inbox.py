@@ -295,8 +295,9 @@ class Inbox:
             return self._quarantine(name, claimed, seen.reason)
         verdict = _read(claim_fd, claimed)
         if isinstance(verdict, Accept):
-            return Found(self.directory, name, verdict.notification, verdict.document,
-                         os.path.join(self.claim_dir, claimed))
+            return Found(
+                self.directory, name, verdict.notification, verdict.document, os.path.join(self.claim_dir, claimed)
+            )
         reason = "gone from the claim directory" if verdict is None else verdict.reason
         return self._quarantine(name, claimed, reason)
 
@@ -346,8 +347,10 @@ class Inbox:
             if os.fstat(self._claim_fd).st_dev != os.fstat(self._fd).st_dev:
                 os.close(self._claim_fd)
                 self._claim_fd = None
-                raise ConsumerError(f"claim directory {shown(self.claim_dir)} is on another filesystem than "
-                                    f"{shown(self.directory)}: a rename cannot move files there")
+                raise ConsumerError(
+                    f"claim directory {shown(self.claim_dir)} is on another filesystem than "
+                    f"{shown(self.directory)}: a rename cannot move files there"
+                )
         return self._claim_fd
 
     def _still_claim_directory(self) -> bool:
@@ -485,8 +488,7 @@ def _write_reason(dir_fd: int, name: str, text: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(name, dir_fd=dir_fd)  # a reason left from an entry pruned since
     with contextlib.suppress(OSError):
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=dir_fd)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
         try:
             write_all(fd, text.encode("utf-8", "backslashreplace"))
         finally:

@@ -87,8 +87,7 @@ def memory_cgroup(limit: int) -> Iterator[MemoryCgroup]:
         os.rmdir(path)
         raise Unavailable(f"cannot set a memory limit in {path}: {e.strerror}") from None
     try:
-        yield MemoryCgroup(own.version, path, os.path.join(own.cgroup_path, os.path.basename(path)),
-                                  own.mount_point)
+        yield MemoryCgroup(own.version, path, os.path.join(own.cgroup_path, os.path.basename(path)), own.mount_point)
     finally:
         _remove_cgroup(path)
 
@@ -123,8 +122,14 @@ def _remove_cgroup(directory: str) -> None:
 
 
 class Sandbox:
-    def __init__(self, programs: str, root: Optional[Path] = None, cgroup_dir: Optional[str] = None,
-                 env: Optional[dict[str, str]] = None, navi_command: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        programs: str,
+        root: Optional[Path] = None,
+        cgroup_dir: Optional[str] = None,
+        env: Optional[dict[str, str]] = None,
+        navi_command: Optional[str] = None,
+    ) -> None:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="navi-sandbox-")) if root is None else root
         self.mnt = self.root / "mnt"
@@ -187,17 +192,26 @@ class Sandbox:
 
         self.process = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)],
-            env=self.env, cwd=str(self.mnt / "app"), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=self.env,
+            cwd=str(self.mnt / "app"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             preexec_fn=join_cgroup if cgroup_procs else None,
         )
-        self.wait_for(lambda: "navi" in self.status() and self.status()["navi"] == "RUNNING", 20,
-                      "navi to be RUNNING under supervisord")
+        self.wait_for(
+            lambda: "navi" in self.status() and self.status()["navi"] == "RUNNING",
+            20,
+            "navi to be RUNNING under supervisord",
+        )
 
     def ctl(self, *args: str) -> str:
         done = subprocess.run(
             [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args],
-            env=self.env, capture_output=True, text=True, timeout=30,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         return done.stdout
 
@@ -212,8 +226,9 @@ class Sandbox:
     def stop_program(self, name: str) -> None:
         """supervisorctl stop, retried: it fails while a crash-looping
         program is between its death and its respawn."""
-        self.wait_for(lambda: "stopped" in self.ctl("stop", name) or self.status().get(name) == "STOPPED",
-                      20, f"{name} to stop")
+        self.wait_for(
+            lambda: "stopped" in self.ctl("stop", name) or self.status().get(name) == "STOPPED", 20, f"{name} to stop"
+        )
 
     def pid(self, name: str) -> int:
         return int(self.ctl("pid", name).strip())
@@ -229,8 +244,9 @@ class Sandbox:
             if value:
                 return value
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"supervisord exited ({self.process.returncode}) while waiting for {what}; "
-                                   f"see {self.mnt / 'log'}")
+                raise RuntimeError(
+                    f"supervisord exited ({self.process.returncode}) while waiting for {what}; see {self.mnt / 'log'}"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"waited {timeout}s for {what}")
             time.sleep(0.05)

@@ -56,9 +56,7 @@ def table(notifications: list[dict[str, Any]]) -> str:
         startup = "yes" if n["exit"]["during_startup"] else ""
         rows.append((n["time"][11:23], n["type"], n["process"]["name"], _exit(n), startup, n["summary"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows
-    )
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows)
 
 
 def _run(box: Sandbox, progress: Progress, oom: bool) -> None:
@@ -73,8 +71,11 @@ def _run(box: Sandbox, progress: Progress, oom: bool) -> None:
     pid = box.pid("killed")
     os.kill(pid, signal.SIGKILL)
     progress.say(f"sent SIGKILL to 'killed' (pid {pid}) from outside, as `kill -9` would")
-    box.wait_for(lambda: sum(n["process"]["name"] == "crash-loop" for n in box.notifications_list()) >= 3,
-                 30, "three crashes of crash-loop")
+    box.wait_for(
+        lambda: sum(n["process"]["name"] == "crash-loop" for n in box.notifications_list()) >= 3,
+        30,
+        "three crashes of crash-loop",
+    )
     box.stop_program("crash-loop")
     progress.say("crash-loop crashed three times; stopped it with supervisorctl (a stop is not a crash)")
     seen = 0

@@ -69,21 +69,38 @@ def _inherited_env() -> dict[str, str]:
 
 
 class Player:
-    def __init__(self, command: Sequence[str], env: Optional[Mapping[str, str]] = None,
-                 stderr: Optional[Path] = None, world: Optional[FakeWorld] = None, pool: str = "navi",
-                 first_serial: int = 0, timeout: float = TIMEOUT) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        env: Optional[Mapping[str, str]] = None,
+        stderr: Optional[Path] = None,
+        world: Optional[FakeWorld] = None,
+        pool: str = "navi",
+        first_serial: int = 0,
+        timeout: float = TIMEOUT,
+    ) -> None:
         self.supervisor = Supervisor(pool=pool, first_serial=first_serial)
         self.timeout = timeout
         self.warnings: list[str] = []  # violations supervisor 4 lets pass
         self.violation: Optional[str] = None
         self.raw = False  # bytes were written outside the protocol: close() checks nothing
         self._last_result: Optional[Result] = None
-        full_env = {**_inherited_env(), "SUPERVISOR_ENABLED": "1", "SUPERVISOR_PROCESS_NAME": pool,
-                    "SUPERVISOR_GROUP_NAME": pool, **(env or {})}
+        full_env = {
+            **_inherited_env(),
+            "SUPERVISOR_ENABLED": "1",
+            "SUPERVISOR_PROCESS_NAME": pool,
+            "SUPERVISOR_GROUP_NAME": pool,
+            **(env or {}),
+        }
         err = open(stderr, "ab") if stderr is not None else None  # noqa: SIM115 (the child keeps it)
         try:
             self.process = subprocess.Popen(
-                list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=full_env, bufsize=0,
+                list(command),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=full_env,
+                bufsize=0,
             )
         finally:
             if err is not None:
@@ -152,11 +169,14 @@ class Player:
                 break
             rejected += 1
             if rejected >= MAX_REJECTIONS:
-                self._break(f"event serial {serial} ({eventname}): answered {result.body!r} {rejected} times; "
-                            "supervisord sends a rejected event again at once, forever")
+                self._break(
+                    f"event serial {serial} ({eventname}): answered {result.body!r} {rejected} times; "
+                    "supervisord sends a rejected event again at once, forever"
+                )
             self._write(self.supervisor.resend())
-        return Played(serial, eventname, payload, result.body if result else b"",
-                      time.perf_counter_ns() - started, rejected)
+        return Played(
+            serial, eventname, payload, result.body if result else b"", time.perf_counter_ns() - started, rejected
+        )
 
     def _write(self, data: bytes) -> None:
         try:
@@ -190,15 +210,21 @@ class Player:
             after = f" (it wrote {held!r}, not a whole token)" if held else ""
             if held and self._last_result is not None and not self._last_result.accepted:
                 after += f" after a RESULT of {self._last_result.body!r}: does its length count its body?"
-            self._break(f"{context}: no {wanted} within {self.timeout:g} s{after}; supervisord would wait, "
-                        "queueing events and dropping the oldest when its buffer is full")
+            self._break(
+                f"{context}: no {wanted} within {self.timeout:g} s{after}; supervisord would wait, "
+                "queueing events and dropping the oldest when its buffer is full"
+            )
         data = os.read(self._stdout, 65536)
         if not data:
             holding = self.supervisor.state is ListenerState.BUSY
-            self._break(f"{context}: {self._exited('closed its stdout')}" + (
-                " while holding the event; supervisord sends it again to the next listener process"
-                if holding else ""
-            ))
+            self._break(
+                f"{context}: {self._exited('closed its stdout')}"
+                + (
+                    " while holding the event; supervisord sends it again to the next listener process"
+                    if holding
+                    else ""
+                )
+            )
         return self.supervisor.receive_data(data)
 
     def _exited(self, what: str) -> str:
@@ -263,9 +289,17 @@ class Outcome:
     closed: Optional[Ended]
 
 
-def play(steps: Iterable[Step], command: Sequence[str], world: Optional[FakeWorld] = None,
-         env: Optional[Mapping[str, str]] = None, stderr: Optional[Path] = None, trace: Optional[Trace] = None,
-         timeout: float = TIMEOUT, pool: str = "navi", on_ready: Optional[Callable[[Player], None]] = None) -> Outcome:
+def play(
+    steps: Iterable[Step],
+    command: Sequence[str],
+    world: Optional[FakeWorld] = None,
+    env: Optional[Mapping[str, str]] = None,
+    stderr: Optional[Path] = None,
+    trace: Optional[Trace] = None,
+    timeout: float = TIMEOUT,
+    pool: str = "navi",
+    on_ready: Optional[Callable[[Player], None]] = None,
+) -> Outcome:
     """Play ``steps`` to a listener started from ``command``, as fast as it
     acknowledges.  ``on_ready(player)`` runs once it said READY (to sample
     its memory, say); ``trace`` sees every step and every event played."""
@@ -296,8 +330,16 @@ def play(steps: Iterable[Step], command: Sequence[str], world: Optional[FakeWorl
         seconds = time.perf_counter() - started
         closed = player.close() if player.violation is None else None
         violations = (player.violation,) if player.violation is not None else ()
-        return Outcome(len(timings), seconds, tuple(timings), violations, tuple(player.warnings), player.pid,
-                       player.ready_ns, closed)
+        return Outcome(
+            len(timings),
+            seconds,
+            tuple(timings),
+            violations,
+            tuple(player.warnings),
+            player.pid,
+            player.ready_ns,
+            closed,
+        )
 
 
 # ---- navi fake play ----------------------------------------------------------
@@ -307,7 +349,7 @@ def describe(item: Union[Step, Played], world: Optional[FakeWorld] = None) -> Op
     """One line of the trace."""
     if isinstance(item, Played):
         fields = item.payload.split(" ")
-        name = next((f[len("processname:"):] for f in fields if f.startswith("processname:")), "")
+        name = next((f[len("processname:") :] for f in fields if f.startswith("processname:")), "")
         shown = " ".join(f for f in fields if not f.startswith(("processname:", f"groupname:{name}")) or not name)
         answer = item.result.decode("utf-8", "replace")
         answer += f" after {item.rejected} rejections" if item.rejected else ""
@@ -317,8 +359,10 @@ def describe(item: Union[Step, Played], world: Optional[FakeWorld] = None) -> Op
     if isinstance(item, Log):
         return f"{'':6}  log  {item.line.split(' ', 2)[-1]}"
     if isinstance(item, Memory) and world is not None:
-        return (f"{'':6}  cgroup v{world.version}  oom_kill {world.oom_kill}, usage {world.usage / 2**20:.1f} MiB "
-                f"of {world.limit / 2**20:.1f} MiB, peak {world.peak / 2**20:.1f} MiB")
+        return (
+            f"{'':6}  cgroup v{world.version}  oom_kill {world.oom_kill}, usage {world.usage / 2**20:.1f} MiB "
+            f"of {world.limit / 2**20:.1f} MiB, peak {world.peak / 2**20:.1f} MiB"
+        )
     return None
 
 
@@ -331,8 +375,11 @@ def _notifications(world: FakeWorld) -> list[str]:
             n = json.loads(path.read_text())
             process = (n.get("process") or {}).get("name") or "-"
             count = n.get("count", 1)
-            rows.append(f"  {n.get('type', '?'):<6} {process:<10} {n.get('summary', '')}"
-                        + (f" [{count} incidents]" if count != 1 else "") + f"  {path.name}")
+            rows.append(
+                f"  {n.get('type', '?'):<6} {process:<10} {n.get('summary', '')}"
+                + (f" [{count} incidents]" if count != 1 else "")
+                + f"  {path.name}"
+            )
         except (OSError, ValueError, AttributeError) as e:
             rows.append(f"  {path.name}: not a notification ({e})")
     return rows
@@ -343,14 +390,23 @@ def _held(world: FakeWorld) -> list[str]:
     try:
         rates = json.loads((world.notifications / names.STATE_FILE).read_text())["rates"]
         held = [r["held"] for r in rates if r["held"]]
-        return [f"held, to be written later: {h['count']} incidents ({h['reason']}) of "
-                f"{(h['latest']['notification'].get('process') or {}).get('name') or 'the container'}" for h in held]
+        return [
+            f"held, to be written later: {h['count']} incidents ({h['reason']}) of "
+            f"{(h['latest']['notification'].get('process') or {}).get('name') or 'the container'}"
+            for h in held
+        ]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
 
 
-def command(scenario: Optional[str], words: list[str], directory: Optional[str], cgroup_version: int,
-            listener: list[str], quiet: bool) -> int:
+def command(
+    scenario: Optional[str],
+    words: list[str],
+    directory: Optional[str],
+    cgroup_version: int,
+    listener: list[str],
+    quiet: bool,
+) -> int:
     """``navi fake play``: 0 when the listener kept to the protocol, 1 when it
     did not, 2 when the scenario or the command line is wrong."""
     model = Supervisord(start=time.time())
@@ -367,8 +423,9 @@ def command(scenario: Optional[str], words: list[str], directory: Optional[str],
         print(f"navi fake: cannot read {scenario}: {e.strerror}", file=sys.stderr)
         return 2
     if not any(isinstance(s, Send) for s in steps):
-        print("navi fake: nothing to play: give words (e.g. web crashes with code 3) or --scenario FILE",
-              file=sys.stderr)
+        print(
+            "navi fake: nothing to play: give words (e.g. web crashes with code 3) or --scenario FILE", file=sys.stderr
+        )
         return 2
     if directory is not None:
         root = Path(directory)
@@ -385,14 +442,15 @@ def command(scenario: Optional[str], words: list[str], directory: Optional[str],
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _command(steps: list[Step], root: Path, cgroup_version: int, listener: list[str], quiet: bool,
-             keep: bool) -> int:
+def _command(steps: list[Step], root: Path, cgroup_version: int, listener: list[str], quiet: bool, keep: bool) -> int:
     argv = listener or [sys.executable, "-m", "navi", "listen"]
     shown = " ".join(listener) if listener else "navi listen"
     stderr = root / "listener.stderr"
     with FakeWorld(root, cgroup_version, start=time.time()) as world:
-        print(f"navi fake: cgroup v{cgroup_version} tree, supervisord log and notifications in {root}"
-              + ("" if keep else " (removed at the end; --dir DIR keeps them)"))
+        print(
+            f"navi fake: cgroup v{cgroup_version} tree, supervisord log and notifications in {root}"
+            + ("" if keep else " (removed at the end; --dir DIR keeps them)")
+        )
 
         def ready(player: Player) -> None:
             print(f"navi fake: {shown} (pid {player.pid}) READY after {player.ready_ns / 1e6:.0f} ms")
@@ -414,8 +472,11 @@ def _command(steps: list[Step], root: Path, cgroup_version: int, listener: list[
         for violation in outcome.violations:
             print(f"navi fake: PROTOCOL VIOLATION: {violation}")
         if outcome.closed is not None:
-            ending = ("did not exit at end of input: stopped with SIGTERM" if outcome.closed.stopped
-                      else "exited at end of input")
+            ending = (
+                "did not exit at end of input: stopped with SIGTERM"
+                if outcome.closed.stopped
+                else "exited at end of input"
+            )
             print(f"navi fake: the listener {ending}, code {outcome.closed.exit_code}")
         rows = _notifications(world)
         print(f"notifications written: {len(rows)}" + (f", in {world.notifications}" if keep and rows else ""))

@@ -55,8 +55,14 @@ def _line(record: dict[str, object]) -> str:
 
 
 class Recorder:
-    def __init__(self, path: str, supervisord_log: Optional[str], supervisor_url: Optional[str],
-                 proc_root: str = "/proc", cgroup_root: str = STANDARD_ROOT) -> None:
+    def __init__(
+        self,
+        path: str,
+        supervisord_log: Optional[str],
+        supervisor_url: Optional[str],
+        proc_root: str = "/proc",
+        cgroup_root: str = STANDARD_ROOT,
+    ) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._tail: Optional[LogTail] = None
         self._first = True
@@ -102,9 +108,14 @@ class Recorder:
         return text.splitlines()
 
 
-def record(path: str, protocol_fd: int, supervisord_log: Optional[str] = None,
-           supervisor_url: Optional[str] = None, proc_root: str = "/proc",
-           cgroup_root: str = STANDARD_ROOT) -> int:
+def record(
+    path: str,
+    protocol_fd: int,
+    supervisord_log: Optional[str] = None,
+    supervisor_url: Optional[str] = None,
+    proc_root: str = "/proc",
+    cgroup_root: str = STANDARD_ROOT,
+) -> int:
     try:
         recorder = Recorder(path, supervisord_log, supervisor_url, proc_root, cgroup_root)
     except OSError as e:

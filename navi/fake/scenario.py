@@ -173,8 +173,9 @@ class Supervisord:
             self._configure(tokens[1:], text)
         elif head == "log":
             if len(tokens) < 3:
-                raise ScenarioError(f"{text!r}: say log LEVEL MESSAGE, e.g. log WARN exited: web (exit status 3; "
-                                    "not expected)")
+                raise ScenarioError(
+                    f"{text!r}: say log LEVEL MESSAGE, e.g. log WARN exited: web (exit status 3; not expected)"
+                )
             self._log(tokens[1].upper(), text.split(None, 2)[2])
         elif head == "event":
             parts = text.split(" ", 2)
@@ -212,8 +213,10 @@ class Supervisord:
         failing = verb == "fails to start" or startup
         for n in range(count or 1):
             if failing and n and process.state == "FATAL":
-                raise ScenarioError(f"{text!r}: {name} is FATAL after {n} attempts (startretries "
-                                    f"{process.config.startretries}); say 'fails to start' for all of them")
+                raise ScenarioError(
+                    f"{text!r}: {name} is FATAL after {n} attempts (startretries "
+                    f"{process.config.startretries}); say 'fails to start' for all of them"
+                )
             if verb == "starts":
                 if process.state == "RUNNING":
                     raise ScenarioError(f"{text!r}: {name} is RUNNING already")
@@ -233,8 +236,10 @@ class Supervisord:
 
     def _configure(self, tokens: list[str], text: str) -> None:
         if not tokens or len(tokens) % 2 != 1:
-            raise ScenarioError(f"{text!r}: say program NAME [startsecs N] [startretries N] "
-                                "[autorestart true|false|unexpected] [exitcodes 0,2] [group G]")
+            raise ScenarioError(
+                f"{text!r}: say program NAME [startsecs N] [startretries N] "
+                "[autorestart true|false|unexpected] [exitcodes 0,2] [group G]"
+            )
         process = self.process(tokens[0])
         config = process.config
         for key, value in zip(tokens[1::2], tokens[2::2]):
@@ -329,8 +334,11 @@ class Supervisord:
             self.spawn(process)
         self.clock += process.config.startsecs
         process.backoff = 0
-        self._log("INFO", f"success: {process.config.name} entered RUNNING state, process has stayed up for > than "
-                          f"{process.config.startsecs} seconds (startsecs)")
+        self._log(
+            "INFO",
+            f"success: {process.config.name} entered RUNNING state, process has stayed up for > than "
+            f"{process.config.startsecs} seconds (startsecs)",
+        )
         self._send(process, "RUNNING", pid=process.pid)
 
     def die(self, process: _Process, death: Death) -> None:
@@ -341,8 +349,10 @@ class Supervisord:
             self._oom_rise()
         config = process.config
         expected = death.status in config.exitcodes
-        self._log("INFO" if expected else "WARN",
-                  f"exited: {config.name} ({death.message()}; {'expected' if expected else 'not expected'})")
+        self._log(
+            "INFO" if expected else "WARN",
+            f"exited: {config.name} ({death.message()}; {'expected' if expected else 'not expected'})",
+        )
         self._send(process, "EXITED", expected=int(expected), pid=process.pid)
         if config.autorestart == "true" or (config.autorestart == "unexpected" and not expected):
             self.run(process)
@@ -351,8 +361,10 @@ class Supervisord:
         """A death within startsecs: BACKOFF, then STARTING again, or FATAL
         once startretries are used up."""
         if process.state == "RUNNING":
-            raise ScenarioError(f"{text!r}: {process.config.name} is RUNNING; it can fail to start only after it "
-                                "stops, crashes or is FATAL")
+            raise ScenarioError(
+                f"{text!r}: {process.config.name} is RUNNING; it can fail to start only after it "
+                "stops, crashes or is FATAL"
+            )
         if process.state != "STARTING":
             self.spawn(process)
         if death.oom:
@@ -392,8 +404,16 @@ class Supervisord:
 
 
 VERBS = (
-    "crash-loops", "crashes", "exits", "is oom-killed", "is killed", "segfaults", "fails to start",
-    "starts", "is stopped", "is restarted",
+    "crash-loops",
+    "crashes",
+    "exits",
+    "is oom-killed",
+    "is killed",
+    "segfaults",
+    "fails to start",
+    "starts",
+    "is stopped",
+    "is restarted",
 )
 
 
@@ -412,8 +432,9 @@ def _times(words: list[str], text: str) -> int:
         return 2
     if len(words) == 2 and words[1] in ("times", "time") and words[0].isdigit() and 0 < int(words[0]) <= MAX_TIMES:
         return int(words[0])
-    raise ScenarioError(f"{text!r}: cannot read {' '.join(words)!r} as a count (say N times, once or twice; "
-                        f"N up to {MAX_TIMES})")
+    raise ScenarioError(
+        f"{text!r}: cannot read {' '.join(words)!r} as a count (say N times, once or twice; N up to {MAX_TIMES})"
+    )
 
 
 def _modifiers(words: list[str], verb: str, text: str) -> tuple[Optional[int], Death, bool]:
@@ -488,8 +509,9 @@ def from_words(words: list[str], model: Optional[Supervisord] = None) -> list[St
     return steps
 
 
-def generate(events: int, crashes: int = 0, oom_kills: int = 0, programs: int = 4,
-             model: Optional[Supervisord] = None) -> list[Step]:
+def generate(
+    events: int, crashes: int = 0, oom_kills: int = 0, programs: int = 4, model: Optional[Supervisord] = None
+) -> list[Step]:
     """A stream of exactly ``events`` events, for benchmarks: ``programs``
     programs start, then ``crashes`` crashes (exit status 1) and
     ``oom_kills`` OOM kills, each followed by supervisord's respawn, are
@@ -499,16 +521,20 @@ def generate(events: int, crashes: int = 0, oom_kills: int = 0, programs: int = 
     incidents = 3 * (crashes + oom_kills)  # EXITED, STARTING, RUNNING each
     routine = events - 2 * programs - incidents
     if programs < 1 or min(crashes, oom_kills, routine) < 0:
-        raise ScenarioError(f"{events} events cannot hold {programs} program starts, {crashes} crashes and "
-                            f"{oom_kills} OOM kills (at least {2 * programs + incidents})")
+        raise ScenarioError(
+            f"{events} events cannot hold {programs} program starts, {crashes} crashes and "
+            f"{oom_kills} OOM kills (at least {2 * programs + incidents})"
+        )
     processes = [model.process(f"app{i}") for i in range(programs)]
     for p in processes:
         model.run(p)
     # Routine units: a restart (4 events) and a TICK_5 (1); ticks for the rest.
     units = ["restart", "tick"] * (routine // 5) + ["tick"] * (routine % 5)
     # Each incident at its even fraction of the stream, OOM kills among the crashes.
-    incident_at = sorted([(i / max(crashes, 1), False) for i in range(crashes)]
-                         + [((j + 0.5) / max(oom_kills, 1), True) for j in range(oom_kills)])
+    incident_at = sorted(
+        [(i / max(crashes, 1), False) for i in range(crashes)]
+        + [((j + 0.5) / max(oom_kills, 1), True) for j in range(oom_kills)]
+    )
     slots = len(units) + 1
     placed = turn = 0
     for u in range(slots):

@@ -50,8 +50,9 @@ _OK, _READY = Result(b"OK"), Ready()
 _OK_READY = OK + READY
 
 
-def envelope_text(eventname: str, payload: str, serial: int, poolserial: int, pool: str,
-                  server: str = "supervisor") -> str:
+def envelope_text(
+    eventname: str, payload: str, serial: int, poolserial: int, pool: str, server: str = "supervisor"
+) -> str:
     """An event as supervisord writes it; ``len`` counts characters, as on
     supervisor 4 (it measures the str and writes it as UTF-8)."""
     return (
@@ -144,9 +145,9 @@ class Supervisor:
                 else:
                     answers.append(self._unknown(self._not_ready()))
             elif self.state is ListenerState.READY:
-                answers.append(self._unknown(
-                    f"wrote {_shown(bytes(self._buffer))} after READY, while it should wait for an event"
-                ))
+                answers.append(
+                    self._unknown(f"wrote {_shown(bytes(self._buffer))} after READY, while it should wait for an event")
+                )
             elif self._result_len is None:
                 end = self._buffer.find(b"\n")
                 if end < 0:
@@ -172,24 +173,30 @@ class Supervisor:
     def _result_line(self, line: bytes) -> list[Answer]:
         # supervisor 4 takes the length from the 8th byte on with int(), so
         # it lets a wrong word or " 2" pass; those are flagged, not fatal.
-        text = line[len(RESULT_PREFIX):]
+        text = line[len(RESULT_PREFIX) :]
         try:
             length = int(text)
         except ValueError:
             length = -1
         if length < 0:
             hint = "" if line.startswith(RESULT_PREFIX) else " (a stray print, warning or child process on stdout?)"
-            return [self._unknown(f"wrote {_shown(line)} where its RESULT <length> line should be{hint}",
-                                  also=" (and the event to another one)")]
+            return [
+                self._unknown(
+                    f"wrote {_shown(line)} where its RESULT <length> line should be{hint}",
+                    also=" (and the event to another one)",
+                )
+            ]
         warnings: list[Answer] = []
         if not line.startswith(RESULT_PREFIX):
-            warnings.append(Violation(
-                f"result line {_shown(line)} does not start with 'RESULT ' (supervisor 4 lets it pass)", fatal=False
-            ))
+            warnings.append(
+                Violation(
+                    f"result line {_shown(line)} does not start with 'RESULT ' (supervisor 4 lets it pass)", fatal=False
+                )
+            )
         elif not (text.isdigit() and text.isascii()):
-            warnings.append(Violation(
-                f"result length {_shown(text)} is not plain digits (supervisor 4 lets it pass)", fatal=False
-            ))
+            warnings.append(
+                Violation(f"result length {_shown(text)} is not plain digits (supervisor 4 lets it pass)", fatal=False)
+            )
         self._result_len = length
         return warnings
 

@@ -45,8 +45,14 @@ OOM_SLACK = 196608
 
 
 class FakeWorld:
-    def __init__(self, root: Path, cgroup_version: int = 2, memory_limit: int = 64 << 20,
-                 supervisord_pid: Optional[int] = None, start: float = DEFAULT_START) -> None:
+    def __init__(
+        self,
+        root: Path,
+        cgroup_version: int = 2,
+        memory_limit: int = 64 << 20,
+        supervisord_pid: Optional[int] = None,
+        start: float = DEFAULT_START,
+    ) -> None:
         if cgroup_version not in (1, 2):
             raise ValueError(f"cgroup version {cgroup_version}: 1 or 2")
         self.root = root
@@ -114,8 +120,12 @@ class FakeWorld:
         (self_dir / "cgroup").write_text(V1_CGROUP if self.version == 1 else V2_CGROUP)
         (self_dir / "mountinfo").write_text(V1_MOUNTINFO if self.version == 1 else V2_MOUNTINFO)
         # Who the listener's parent is: this process, playing supervisord.
-        for name in (f"{self.supervisord_pid}/stat", f"{self.supervisord_pid}/statm", "stat",
-                     "sys/kernel/random/boot_id"):
+        for name in (
+            f"{self.supervisord_pid}/stat",
+            f"{self.supervisord_pid}/statm",
+            "stat",
+            "sys/kernel/random/boot_id",
+        ):
             target = self.proc_root / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(Path("/proc", name).read_bytes())
@@ -129,7 +139,7 @@ class FakeWorld:
                 "memory.failcnt": f"{self.failcnt}\n",
                 "memory.oom_control": f"oom_kill_disable 0\nunder_oom 0\noom_kill {self.oom_kill}\n",
                 "memory.stat": f"cache 0\nrss {self.usage}\nhierarchical_memory_limit {self.limit}\n"
-                               "hierarchical_memsw_limit 9223372036854771712\n",
+                "hierarchical_memsw_limit 9223372036854771712\n",
             }
         else:
             files = {
@@ -138,7 +148,7 @@ class FakeWorld:
                 "memory.current": f"{self.usage}\n",
                 "memory.peak": f"{self.peak}\n",
                 "memory.events": f"low 0\nhigh 0\nmax {self.failcnt}\noom {self.oom_kill}\n"
-                                 f"oom_kill {self.oom_kill}\noom_group_kill 0\n",
+                f"oom_kill {self.oom_kill}\noom_group_kill 0\n",
                 "memory.stat": f"anon {self.usage}\nfile 0\n",
             }
         for name, text in files.items():

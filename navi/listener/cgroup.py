@@ -1,6 +1,7 @@
 """Find this process's memory cgroup (v1, v2 or hybrid; with or without a
 cgroup namespace) and read its memory figures. `locate` raises only
 CgroupError; `read` never raises, it lists what it could not read."""
+
 # Optional, not "X | None": others may evaluate these hints (pydantic,
 # typing.get_type_hints) on Python 3.9, where "int | None" fails at runtime.
 from __future__ import annotations
@@ -132,7 +133,7 @@ def _relative(path: str, root: str) -> Optional[str]:
     base = root.rstrip("/")
     if path != base and not path.startswith(base + "/"):
         return None
-    rest = path[len(base):].strip("/")
+    rest = path[len(base) :].strip("/")
     # "/.." shows a cgroup above our namespace's root: outside our view.
     if ".." in rest.split("/"):
         return None
@@ -146,8 +147,7 @@ def _reroot(mount_point: str, cgroup_root: str) -> str:
     return os.path.join(cgroup_root, rest) if rest else cgroup_root
 
 
-def _resolve(version: int, cgroup_path: str, mounts: list[Mount],
-             cgroup_root: str) -> MemoryCgroup:
+def _resolve(version: int, cgroup_path: str, mounts: list[Mount], cgroup_root: str) -> MemoryCgroup:
     # Several mounts of one hierarchy: the longest root that contains the path.
     best: Optional[tuple[Mount, str]] = None
     for mount in mounts:
@@ -158,7 +158,8 @@ def _resolve(version: int, cgroup_path: str, mounts: list[Mount],
         roots = ", ".join(sorted({m.root for m in mounts}))
         raise CgroupError(
             f"cgroup {cgroup_path} from /proc/self/cgroup is outside the cgroup v{version} "
-            f"mount (mount root {roots}): the process is in a cgroup this mount cannot see")
+            f"mount (mount root {roots}): the process is in a cgroup this mount cannot see"
+        )
     mount, rest = best
     top = _reroot(mount.mount_point, cgroup_root)
     directory = os.path.join(top, rest) if rest else top
@@ -196,8 +197,11 @@ def locate(proc_root: str = "/proc", cgroup_root: str = STANDARD_ROOT) -> Memory
     v1_mounts = [m for m in mounts if m.fstype == "cgroup" and "memory" in m.super_options]
     if v1_line is not None and v1_mounts:
         return _resolve(1, v1_line.path, v1_mounts, cgroup_root)
-    why_v1 = ("/proc/self/cgroup lists no memory controller" if v1_line is None
-              else "/proc/self/mountinfo has no cgroup mount with the memory controller")
+    why_v1 = (
+        "/proc/self/cgroup lists no memory controller"
+        if v1_line is None
+        else "/proc/self/mountinfo has no cgroup mount with the memory controller"
+    )
 
     v2_line = next((c for c in lines if c.hierarchy == 0), None)
     v2_mounts = [m for m in mounts if m.fstype == "cgroup2"]
@@ -213,8 +217,9 @@ def locate(proc_root: str = "/proc", cgroup_root: str = STANDARD_ROOT) -> Memory
     raise CgroupError(f"no memory cgroup: {why_v1} and {why_v2}")
 
 
-def _value(path: str, parse: Callable[[str], Optional[int]], problems: list[str],
-           optional: bool = False) -> tuple[bool, Optional[int]]:
+def _value(
+    path: str, parse: Callable[[str], Optional[int]], problems: list[str], optional: bool = False
+) -> tuple[bool, Optional[int]]:
     """(read and parsed fine, value); a failure adds one phrase to `problems`."""
     try:
         text = _read_file(path, _FILE_CAP)
@@ -244,8 +249,7 @@ def _v2_ancestor_limit(cgroup: MemoryCgroup) -> Optional[int]:
         if parent == current or outside:
             return limit
         try:  # the root cgroup (or anything outside cgroupfs) has no memory.max
-            limit = _smallest(limit, parse_limit(
-                _read_file(os.path.join(parent, "memory.max"), _FILE_CAP), 2))
+            limit = _smallest(limit, parse_limit(_read_file(os.path.join(parent, "memory.max"), _FILE_CAP), 2))
         except (OSError, ValueError):
             return limit
         current = parent
@@ -262,8 +266,9 @@ def read(cgroup: MemoryCgroup) -> MemorySnapshot:
     """Current memory figures of `cgroup`. Never raises."""
     problems: list[str] = []
 
-    def get(name: str, parse: Callable[[str], Optional[int]] = parse_count,
-            optional: bool = False) -> tuple[bool, Optional[int]]:
+    def get(
+        name: str, parse: Callable[[str], Optional[int]] = parse_count, optional: bool = False
+    ) -> tuple[bool, Optional[int]]:
         return _value(os.path.join(cgroup.path, name), parse, problems, optional)
 
     def key(name: str) -> Callable[[str], Optional[int]]:
@@ -291,5 +296,4 @@ def read(cgroup: MemoryCgroup) -> MemorySnapshot:
             problems.append("memory.events has no oom_kill counter")
     else:
         problems.append(f"unknown cgroup version {cgroup.version}")
-    return MemorySnapshot(cgroup.version, cgroup.path, limit, usage, peak, oom_kill,
-                          tuple(problems))
+    return MemorySnapshot(cgroup.version, cgroup.path, limit, usage, peak, oom_kill, tuple(problems))

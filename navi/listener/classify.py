@@ -133,8 +133,12 @@ class Classifier:
         if incident is Incident.FATAL:
             kind: Kind = "fatal"
             exit_info = self._last_exit.pop(key, None) or ExitInfo(
-                code=None, signal=None, signal_number=None, core_dumped=None,
-                during_startup=True, log_line=None,
+                code=None,
+                signal=None,
+                signal_number=None,
+                core_dumped=None,
+                during_startup=True,
+                log_line=None,
                 unavailable="FATAL carries no exit status and Navi saw no earlier exit of it",
             )
             summary = summaries.fatal(name, exit_info)
@@ -151,12 +155,21 @@ class Classifier:
             if memory is not None and kind == "oom":
                 memory = _with_programs(memory, evidence.rss, victim=(group, name))
             summary = summaries.death(name, kind, exit_info, memory, startup)
-        return self._notification(event, evidence, kind, summary, ProcessInfo(name=name, group=group, pid=pid),
-                                  exit_info, memory, notes)
+        return self._notification(
+            event, evidence, kind, summary, ProcessInfo(name=name, group=group, pid=pid), exit_info, memory, notes
+        )
 
     def _notification(
-        self, event: Event, evidence: Evidence, kind: Kind, summary: str, process: ProcessInfo,
-        exit_info: ExitInfo, memory: Optional[MemoryInfo], notes: list[str], count: int = 1,
+        self,
+        event: Event,
+        evidence: Evidence,
+        kind: Kind,
+        summary: str,
+        process: ProcessInfo,
+        exit_info: ExitInfo,
+        memory: Optional[MemoryInfo],
+        notes: list[str],
+        count: int = 1,
     ) -> Notification:
         return Notification(
             schema_version=SCHEMA_VERSION,
@@ -198,8 +211,13 @@ class Classifier:
             memory = _with_programs(memory, evidence.rss, victim=None)
         summary = summaries.container_oom(due, memory)
         exit_info = ExitInfo(
-            code=None, signal=None, signal_number=None, core_dumped=None, during_startup=False,
-            log_line=None, unavailable="no supervised program exited: the process killed is not one supervisord runs",
+            code=None,
+            signal=None,
+            signal_number=None,
+            core_dumped=None,
+            during_startup=False,
+            log_line=None,
+            unavailable="no supervised program exited: the process killed is not one supervisord runs",
         )
         process = ProcessInfo(name=None, group=None, pid=None)
         return self._notification(event, evidence, "oom", summary, process, exit_info, memory, notes, count=due)
@@ -285,9 +303,7 @@ def _memory_info(
     )
 
 
-def _with_programs(
-    memory: MemoryInfo, samples: tuple[RssSample, ...], victim: Optional[tuple[str, str]]
-) -> MemoryInfo:
+def _with_programs(memory: MemoryInfo, samples: tuple[RssSample, ...], victim: Optional[tuple[str, str]]) -> MemoryInfo:
     listed = [
         ProgramMemory(name=s.name, group=s.group, pid=s.pid, rss_bytes=s.rss_bytes, sampled_at=s.sampled_at)
         for s in sorted(samples, key=lambda s: s.rss_bytes, reverse=True)
@@ -300,8 +316,12 @@ def _exit_info(evidence: Evidence, startup: bool) -> ExitInfo:
     record = evidence.exit
     if record is None:
         return ExitInfo(
-            code=None, signal=None, signal_number=None, core_dumped=None,
-            during_startup=startup, log_line=None,
+            code=None,
+            signal=None,
+            signal_number=None,
+            core_dumped=None,
+            during_startup=startup,
+            log_line=None,
             unavailable=evidence.exit_problem or "no log line for this exit",
         )
     return ExitInfo(
@@ -311,6 +331,7 @@ def _exit_info(evidence: Evidence, startup: bool) -> ExitInfo:
         core_dumped=record.core_dumped,
         during_startup=startup,
         log_line=record.line,
-        unavailable=None if record.code is not None or record.signal is not None
+        unavailable=None
+        if record.code is not None or record.signal is not None
         else "supervisord logged an unknown termination cause",
     )

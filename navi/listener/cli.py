@@ -52,58 +52,81 @@ def _listener_options(parser: argparse.ArgumentParser) -> None:
     """The options of ``navi listen``; ``navi doctor`` takes the same, so
     that it checks what the listener would use."""
     parser.add_argument(
-        "--notifications-dir", metavar="DIR", default=_env("NAVI_NOTIFICATIONS_DIR", "/mnt/notifications"),
+        "--notifications-dir",
+        metavar="DIR",
+        default=_env("NAVI_NOTIFICATIONS_DIR", "/mnt/notifications"),
         help="where notification files go [NAVI_NOTIFICATIONS_DIR] (default: %(default)s)",
     )
     parser.add_argument(
-        "--cgroup-root", metavar="DIR", default=_env("NAVI_CGROUP_ROOT", "/sys/fs/cgroup"),
+        "--cgroup-root",
+        metavar="DIR",
+        default=_env("NAVI_CGROUP_ROOT", "/sys/fs/cgroup"),
         help="where cgroup filesystems are mounted [NAVI_CGROUP_ROOT] (default: %(default)s)",
     )
     parser.add_argument(
-        "--proc-root", metavar="DIR", default=_env("NAVI_PROC_ROOT", "/proc"),
+        "--proc-root",
+        metavar="DIR",
+        default=_env("NAVI_PROC_ROOT", "/proc"),
         help="where procfs is mounted [NAVI_PROC_ROOT] (default: %(default)s)",
     )
     parser.add_argument(
-        "--supervisor-url", metavar="URL",
+        "--supervisor-url",
+        metavar="URL",
         default=_env("NAVI_SUPERVISOR_URL", os.environ.get("SUPERVISOR_SERVER_URL")),
         help="supervisord's XML-RPC, to read its main log [NAVI_SUPERVISOR_URL] "
         "(default: SUPERVISOR_SERVER_URL, which supervisord sets: %(default)s)",
     )
     parser.add_argument(
-        "--supervisord-log", metavar="FILE", default=_env("NAVI_SUPERVISORD_LOG", None),
+        "--supervisord-log",
+        metavar="FILE",
+        default=_env("NAVI_SUPERVISORD_LOG", None),
         help="read supervisord's main log from this file instead of over XML-RPC [NAVI_SUPERVISORD_LOG]",
     )
     parser.add_argument(
-        "--max-files", metavar="N", default=_env("NAVI_MAX_FILES", str(MAX_FILES)),
+        "--max-files",
+        metavar="N",
+        default=_env("NAVI_MAX_FILES", str(MAX_FILES)),
         help="hold new notifications back (counted, written later) while the directory holds N "
         "[NAVI_MAX_FILES] (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-bytes", metavar="N", default=_env("NAVI_MAX_BYTES", str(MAX_BYTES)),
+        "--max-bytes",
+        metavar="N",
+        default=_env("NAVI_MAX_BYTES", str(MAX_BYTES)),
         help="likewise for their total size in bytes [NAVI_MAX_BYTES] (default: %(default)s, "
         "on a volume of 2 GB shared with the application)",
     )
     parser.add_argument(
-        "--burst", metavar="N", default=_env("NAVI_BURST", str(BURST)),
+        "--burst",
+        metavar="N",
+        default=_env("NAVI_BURST", str(BURST)),
         help="in a crash storm, write the first N notifications of each program and type one by one "
         "[NAVI_BURST] (default: %(default)s)",
     )
     parser.add_argument(
-        "--pace", metavar="SECONDS", default=_env("NAVI_PACE", f"{PACE:g}"),
+        "--pace",
+        metavar="SECONDS",
+        default=_env("NAVI_PACE", f"{PACE:g}"),
         help="then one per SECONDS, each counting the incidents held since [NAVI_PACE] (default: %(default)s)",
     )
     parser.add_argument(
-        "--quiet", metavar="SECONDS", default=_env("NAVI_QUIET", f"{QUIET:g}"),
+        "--quiet",
+        metavar="SECONDS",
+        default=_env("NAVI_QUIET", f"{QUIET:g}"),
         help="a storm is over after SECONDS without an incident: what it held is written at the next TICK_5 "
         "[NAVI_QUIET] (default: %(default)s)",
     )
     parser.add_argument(
-        "--oom-window", metavar="SECONDS", default=_env("NAVI_OOM_WINDOW", f"{OOM_WINDOW:g}"),
+        "--oom-window",
+        metavar="SECONDS",
+        default=_env("NAVI_OOM_WINDOW", f"{OOM_WINDOW:g}"),
         help="an OOM kill no program's death has claimed within SECONDS is the container's [NAVI_OOM_WINDOW] "
         "(default: %(default)s)",
     )
     parser.add_argument(
-        "--original-dir", metavar="DIR", default=_env("NAVI_ORIGINAL_DIR", None),
+        "--original-dir",
+        metavar="DIR",
+        default=_env("NAVI_ORIGINAL_DIR", None),
         help="also write each incident's event in the original Navi's format (<unix seconds>.json with Header, "
         "Metadata, Payload, ReceivedAt) into DIR, for consumers not yet moved over [NAVI_ORIGINAL_DIR]",
     )

@@ -132,9 +132,14 @@ class Coalescer:
         for key in self._keys.values():
             self._refill(key, now)
         return [
-            Rate(name, key.tokens, key.refilled,
-                 Held(key.count, key.first, key.reason, key.latest)
-                 if key.count and key.latest is not None and key.first is not None else None)
+            Rate(
+                name,
+                key.tokens,
+                key.refilled,
+                Held(key.count, key.first, key.reason, key.latest)
+                if key.count and key.latest is not None and key.first is not None
+                else None,
+            )
             for name, key in self._keys.items()
             if key.count or key.tokens < self.limit.burst
         ]
@@ -145,14 +150,18 @@ class Coalescer:
         for rate in rates:
             key = self._keys.get(rate.key)
             if key is None:
-                key = self._keys[rate.key] = _Key(tokens=min(float(self.limit.burst), rate.tokens),
-                                                  refilled=min(rate.refilled, now))
+                key = self._keys[rate.key] = _Key(
+                    tokens=min(float(self.limit.burst), rate.tokens), refilled=min(rate.refilled, now)
+                )
             else:
                 key.tokens = min(key.tokens, rate.tokens)
             if rate.held is not None:
                 h = rate.held
-                n = replace(h.latest.notification, count=h.count,
-                            coalesced=Coalesced(first=h.first, last=h.latest.notification.time, reason=h.reason))
+                n = replace(
+                    h.latest.notification,
+                    count=h.count,
+                    coalesced=Coalesced(first=h.first, last=h.latest.notification.time, reason=h.reason),
+                )
                 self._hold(key, Outgoing(h.latest.name, n), h.reason)
 
     def _key(self, n: Notification, now: datetime) -> _Key:

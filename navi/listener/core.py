@@ -290,8 +290,10 @@ class Core:
         if self._unsaved is None:
             return n
         problem, since = self._unsaved
-        note = (f"Navi could not save its state at {since:%H:%M:%S} UTC ({problem}): until it does, a restart "
-                "of Navi loses the counts it holds")
+        note = (
+            f"Navi could not save its state at {since:%H:%M:%S} UTC ({problem}): until it does, a restart "
+            "of Navi loses the counts it holds"
+        )
         return replace(n, notes=[*n.notes, note])
 
     # -- the state -----------------------------------------------------------

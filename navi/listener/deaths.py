@@ -45,8 +45,11 @@ class DeathWatch:
                 if e.errno == errno.ESRCH:  # dead already: its event is due
                     dead = True
                     continue
-                log.warning("cannot watch pid %d (%s): its death is reported at supervisord's pace; "
-                            "no more deaths are watched", pid, e.strerror)
+                log.warning(
+                    "cannot watch pid %d (%s): its death is reported at supervisord's pace; no more deaths are watched",
+                    pid,
+                    e.strerror,
+                )
                 self.enabled = False
                 return
             self._fds[pid] = fd

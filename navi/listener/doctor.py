@@ -168,12 +168,16 @@ def _this_run(log: str) -> str:
 def _supervisord(s: SupervisordFacts, process: Optional[SupervisordProcess]) -> list[Finding]:
     where = s.url if s.url_given else f"{s.url} (the shipped configuration's socket: no URL was given)"
     if s.error is not None:
-        return [Finding(
-            "supervisord", FAIL, f"cannot ask supervisord at {where}: {s.error}",
-            "start supervisord with [unix_http_server] and [rpcinterface:supervisor] as in the shipped "
-            "supervisord.conf; Navi gets its URL from SUPERVISOR_SERVER_URL, set by supervisord (for doctor: "
-            "--supervisor-url or NAVI_SUPERVISOR_URL)",
-        )]
+        return [
+            Finding(
+                "supervisord",
+                FAIL,
+                f"cannot ask supervisord at {where}: {s.error}",
+                "start supervisord with [unix_http_server] and [rpcinterface:supervisor] as in the shipped "
+                "supervisord.conf; Navi gets its URL from SUPERVISOR_SERVER_URL, set by supervisord (for doctor: "
+                "--supervisor-url or NAVI_SUPERVISOR_URL)",
+            )
+        ]
     started = f", started {process.started:%Y-%m-%d %H:%M:%S} UTC" if process and process.started else ""
     seen = f"supervisord {s.version}, {s.state}, pid {s.pid}{started}, at {where}"
     if s.state == "RUNNING":
@@ -181,110 +185,175 @@ def _supervisord(s: SupervisordFacts, process: Optional[SupervisordProcess]) -> 
     else:
         found = [Finding("supervisord", WARN, seen, "supervisord is starting or stopping: ask again when it runs")]
     if process is not None and not process.is_supervisord:
-        found.append(Finding(
-            "supervisord", WARN,
-            f"pid {process.pid} in this /proc is not supervisord: doctor runs in another pid namespace, and its "
-            "other checks are not what Navi sees",
-            "run navi doctor inside the container (docker exec / podman exec CONTAINER navi doctor)",
-        ))
+        found.append(
+            Finding(
+                "supervisord",
+                WARN,
+                f"pid {process.pid} in this /proc is not supervisord: doctor runs in another pid namespace, and its "
+                "other checks are not what Navi sees",
+                "run navi doctor inside the container (docker exec / podman exec CONTAINER navi doctor)",
+            )
+        )
     elif process is not None and not process.identified:
-        found.append(Finding(
-            "supervisord", WARN,
-            f"cannot read /proc/{process.pid}/stat: an event delivered again after a restart of Navi may be "
-            "written twice",
-            "give Navi the /proc of supervisord's pid namespace (--proc-root, NAVI_PROC_ROOT)",
-        ))
+        found.append(
+            Finding(
+                "supervisord",
+                WARN,
+                f"cannot read /proc/{process.pid}/stat: an event delivered again after a restart of Navi may be "
+                "written twice",
+                "give Navi the /proc of supervisord's pid namespace (--proc-root, NAVI_PROC_ROOT)",
+            )
+        )
     navis = [p for p in s.programs if is_navi(p.command)]
     if not navis:
-        found.append(Finding(
-            "listener", FAIL, "no program of supervisord runs navi listen: no notification is ever written",
-            "add navi.conf (its [eventlistener:navi]) to [include] files in supervisord.conf; a relative path "
-            "is read next to the configuration file supervisord was given, not next to a link's target",
-        ))
+        found.append(
+            Finding(
+                "listener",
+                FAIL,
+                "no program of supervisord runs navi listen: no notification is ever written",
+                "add navi.conf (its [eventlistener:navi]) to [include] files in supervisord.conf; a relative path "
+                "is read next to the configuration file supervisord was given, not next to a link's target",
+            )
+        )
     if len(navis) > 1:
         names = ", ".join(f"{p.group}:{p.name}" for p in navis)
-        found.append(Finding("listener", WARN, f"several programs run navi listen ({names}): each incident is "
-                             "reported once by each", "keep one [eventlistener:navi]"))
+        found.append(
+            Finding(
+                "listener",
+                WARN,
+                f"several programs run navi listen ({names}): each incident is reported once by each",
+                "keep one [eventlistener:navi]",
+            )
+        )
     for navi in navis:
-        seen = f"[eventlistener:{navi.group}] {navi.state}, pid {navi.pid}: {navi.command}; its messages: " \
-               f"{navi.stderr_logfile}"
+        seen = (
+            f"[eventlistener:{navi.group}] {navi.state}, pid {navi.pid}: {navi.command}; its messages: "
+            f"{navi.stderr_logfile}"
+        )
         if navi.state != "RUNNING":
-            found.append(Finding("listener", FAIL, seen, f"see why in {navi.stderr_logfile} "
-                                 f"(supervisorctl tail {navi.group}:{navi.name} stderr)"))
+            found.append(
+                Finding(
+                    "listener",
+                    FAIL,
+                    seen,
+                    f"see why in {navi.stderr_logfile} (supervisorctl tail {navi.group}:{navi.name} stderr)",
+                )
+            )
         else:
             found.append(Finding("listener", OK, seen))
         if navi.stdout_logfile.lower() not in ("none", ""):
-            found.append(Finding(
-                "listener", WARN,
-                f"{navi.group}'s stdout, the protocol pipe, is logged to {navi.stdout_logfile}: rotating it "
-                "makes supervisord spin at 100% CPU (supervisor issue #807)",
-                "stdout_logfile=NONE, as in navi.conf",
-            ))
+            found.append(
+                Finding(
+                    "listener",
+                    WARN,
+                    f"{navi.group}'s stdout, the protocol pipe, is logged to {navi.stdout_logfile}: rotating it "
+                    "makes supervisord spin at 100% CPU (supervisor issue #807)",
+                    "stdout_logfile=NONE, as in navi.conf",
+                )
+            )
     return found
 
 
 def _main_log(log: MainLog, supervisord: SupervisordFacts) -> list[Finding]:
     if log.error is not None or log.text is None:
         unasked = supervisord.error is not None and log.source.startswith("readLog")
-        return [Finding(
-            "main log", FAIL, f"{log.source}: {log.error}: exit codes and signals will be null",
-            "see supervisord above; or give Navi the log file (--supervisord-log, NAVI_SUPERVISORD_LOG)" if unasked
-            else "in [supervisord]: logfile= a file (not syslog), loglevel=info",
-        )]
+        return [
+            Finding(
+                "main log",
+                FAIL,
+                f"{log.source}: {log.error}: exit codes and signals will be null",
+                "see supervisord above; or give Navi the log file (--supervisord-log, NAVI_SUPERVISORD_LOG)"
+                if unasked
+                else "in [supervisord]: logfile= a file (not syslog), loglevel=info",
+            )
+        ]
     lines = log.text.count("\n")
     found = [Finding("main log", OK, f"{log.source}: {lines} lines in its last {_size(LOG_TAIL)}")]
     levels = set(re.findall(r"^\S+ \S+ ([A-Z]{4}) ", log.text, re.M))
     if "INFO" not in levels:
-        found.append(Finding(
-            "main log", WARN,
-            "no INFO line in it: with loglevel above info, expected exits and the spawned: lines that give pids "
-            "are missing, and with loglevel error the exited: lines too",
-            "loglevel=info in [supervisord]",
-        ))
+        found.append(
+            Finding(
+                "main log",
+                WARN,
+                "no INFO line in it: with loglevel above info, expected exits and the spawned: lines that give pids "
+                "are missing, and with loglevel error the exited: lines too",
+                "loglevel=info in [supervisord]",
+            )
+        )
     run = _this_run(log.text)
     for include in dict.fromkeys(re.findall(r' WARN No file matches via include "([^"]*)"', run)):
-        found.append(Finding(
-            "main log", WARN, f"supervisord found no file for its [include] {include}",
-            "a relative include is read next to the configuration file supervisord was given (-c), not next to "
-            "a link's target; is navi.conf there?",
-        ))
+        found.append(
+            Finding(
+                "main log",
+                WARN,
+                f"supervisord found no file for its [include] {include}",
+                "a relative include is read next to the configuration file supervisord was given (-c), not next to "
+                "a link's target; is navi.conf there?",
+            )
+        )
     if " CRIT Supervisor is running as root." in run:
-        found.append(Finding(
-            "main log", WARN, "supervisord runs as root, and so do its programs and Navi",
-            "user=mop in [supervisord], or start the container as mop",
-        ))
+        found.append(
+            Finding(
+                "main log",
+                WARN,
+                "supervisord runs as root, and so do its programs and Navi",
+                "user=mop in [supervisord], or start the container as mop",
+            )
+        )
     return found
 
 
 def _notifications(d: Directory, settings: Settings) -> list[Finding]:
     if d.error is not None:
-        return [Finding(
-            "notifications", FAIL, f"{d.error}: incidents are held and counted, never written",
-            "the platform mounts the volume on /mnt; the directory must exist and be writable by the user "
-            "supervisord runs as (mop); or set --notifications-dir (NAVI_NOTIFICATIONS_DIR) in navi.conf",
-        )]
-    found = [Finding(
-        "notifications", OK,
-        f"{d.path}: written and removed a {_size(PROBE_SIZE)} probe; {d.files} notification(s) waiting, "
-        f"{_size(d.size)} (Navi holds new ones back at {settings.max_files} files or {_size(settings.max_bytes)})",
-    )]
+        return [
+            Finding(
+                "notifications",
+                FAIL,
+                f"{d.error}: incidents are held and counted, never written",
+                "the platform mounts the volume on /mnt; the directory must exist and be writable by the user "
+                "supervisord runs as (mop); or set --notifications-dir (NAVI_NOTIFICATIONS_DIR) in navi.conf",
+            )
+        ]
+    found = [
+        Finding(
+            "notifications",
+            OK,
+            f"{d.path}: written and removed a {_size(PROBE_SIZE)} probe; {d.files} notification(s) waiting, "
+            f"{_size(d.size)} (Navi holds new ones back at {settings.max_files} files or {_size(settings.max_bytes)})",
+        )
+    ]
     if d.files >= settings.max_files or d.size >= settings.max_bytes:
-        found.append(Finding(
-            "notifications", WARN, "the directory is full: new notifications are held until the platform takes "
-            "some", "the platform must remove the files it has read; or raise --max-files / --max-bytes",
-        ))
+        found.append(
+            Finding(
+                "notifications",
+                WARN,
+                "the directory is full: new notifications are held until the platform takes some",
+                "the platform must remove the files it has read; or raise --max-files / --max-bytes",
+            )
+        )
     inodes = "" if d.free_inodes is None else f", {d.free_inodes} inodes free"
     room = f"{d.fstype} mounted at {d.mount_point}: {_size(d.free_bytes)} free of {_size(d.total_bytes)}{inodes}"
     if d.fstype == "overlay" and d.mount_point == "/":
-        found.append(Finding(
-            "filesystem", WARN, f"{room}: the container's own filesystem, not a volume: the platform does not "
-            "see these files, and they go with the container", "mount the application's volume on /mnt",
-        ))
+        found.append(
+            Finding(
+                "filesystem",
+                WARN,
+                f"{room}: the container's own filesystem, not a volume: the platform does not "
+                "see these files, and they go with the container",
+                "mount the application's volume on /mnt",
+            )
+        )
     elif (d.free_bytes is not None and d.free_bytes < LOW_ROOM) or (
         d.free_inodes is not None and d.free_inodes < LOW_INODES
     ):
-        found.append(Finding("filesystem", WARN, f"{room}: nearly full; when it is full, notifications are held "
-                             "and retried every 5 s", "free room on the volume"))
+        found.append(
+            Finding(
+                "filesystem",
+                WARN,
+                f"{room}: nearly full; when it is full, notifications are held and retried every 5 s",
+                "free room on the volume",
+            )
+        )
     else:
         found.append(Finding("filesystem", OK, room))
     return found
@@ -292,11 +361,15 @@ def _notifications(d: Directory, settings: Settings) -> list[Finding]:
 
 def _memory(m: MemoryFacts, process: Optional[SupervisordProcess]) -> list[Finding]:
     if m.found is None or m.snapshot is None:
-        return [Finding(
-            "memory cgroup", FAIL, f"{m.error}: OOM kills will be reported as crashes",
-            "Navi needs /proc and the cgroup filesystem as the container sees them, readable "
-            "(--proc-root, --cgroup-root)",
-        )]
+        return [
+            Finding(
+                "memory cgroup",
+                FAIL,
+                f"{m.error}: OOM kills will be reported as crashes",
+                "Navi needs /proc and the cgroup filesystem as the container sees them, readable "
+                "(--proc-root, --cgroup-root)",
+            )
+        ]
     found, snap = m.found, m.snapshot
     named = found.cgroup_path
     if named == "/":
@@ -304,24 +377,41 @@ def _memory(m: MemoryFacts, process: Optional[SupervisordProcess]) -> list[Findi
     elif found.path.rstrip("/").endswith(named.rstrip("/")):
         how = f"/proc/self/cgroup names {named}"
     else:
-        how = f"/proc/self/cgroup names {named}, which is not a path under the mount (no cgroup namespace): " \
-              "found through the mount's root in /proc/self/mountinfo"
+        how = (
+            f"/proc/self/cgroup names {named}, which is not a path under the mount (no cgroup namespace): "
+            "found through the mount's root in /proc/self/mountinfo"
+        )
     result = [Finding("memory cgroup", OK, f"v{found.version} at {found.path} ({how})")]
     if process is not None and process.is_supervisord and process.memory_cgroup not in (None, named):
-        result.append(Finding(
-            "memory cgroup", WARN,
-            f"supervisord (pid {process.pid}) is in memory cgroup {process.memory_cgroup}, this process in "
-            f"{named}: Navi, supervisord's child, counts the kills of its own",
-            "run navi doctor inside the container, as supervisord's user",
-        ))
+        result.append(
+            Finding(
+                "memory cgroup",
+                WARN,
+                f"supervisord (pid {process.pid}) is in memory cgroup {process.memory_cgroup}, this process in "
+                f"{named}: Navi, supervisord's child, counts the kills of its own",
+                "run navi doctor inside the container, as supervisord's user",
+            )
+        )
     limit = "no limit" if snap.limit_bytes is None else f"limit {_size(snap.limit_bytes)}"
     seen = f"{limit}, usage {_size(snap.usage_bytes)}, peak {_size(snap.peak_bytes)}, oom_kill {snap.oom_kill}"
     if snap.oom_kill is None:
-        result.append(Finding("memory figures", FAIL, f"{seen}: {'; '.join(snap.problems)}: OOM kills will be "
-                              "reported as crashes", "Linux 4.13 or later (cgroup v1), or cgroup v2"))
+        result.append(
+            Finding(
+                "memory figures",
+                FAIL,
+                f"{seen}: {'; '.join(snap.problems)}: OOM kills will be reported as crashes",
+                "Linux 4.13 or later (cgroup v1), or cgroup v2",
+            )
+        )
     elif snap.problems:
-        result.append(Finding("memory figures", WARN, f"{seen}; {'; '.join(snap.problems)}",
-                              "notifications carry these figures as null, and say so in memory.problems"))
+        result.append(
+            Finding(
+                "memory figures",
+                WARN,
+                f"{seen}; {'; '.join(snap.problems)}",
+                "notifications carry these figures as null, and say so in memory.problems",
+            )
+        )
     else:
         result.append(Finding("memory figures", OK, seen))
     return result
@@ -331,16 +421,28 @@ def _user(uid: int, user: str, process: Optional[SupervisordProcess]) -> Finding
     who = f"uid {uid} ({user})"
     if process is not None and process.is_supervisord and process.uid is not None:
         if process.uid == 0:
-            return Finding("user", WARN, "supervisord runs as root, and so do its programs and Navi",
-                           "user=mop in [supervisord], or start the container as mop")
+            return Finding(
+                "user",
+                WARN,
+                "supervisord runs as root, and so do its programs and Navi",
+                "user=mop in [supervisord], or start the container as mop",
+            )
         if process.uid != uid:
-            return Finding("user", WARN, f"doctor runs as {who}, supervisord (and Navi) as uid {process.uid}: "
-                           "the directory was checked for the wrong user",
-                           f"run navi doctor as uid {process.uid} (exec --user {process.uid})")
+            return Finding(
+                "user",
+                WARN,
+                f"doctor runs as {who}, supervisord (and Navi) as uid {process.uid}: "
+                "the directory was checked for the wrong user",
+                f"run navi doctor as uid {process.uid} (exec --user {process.uid})",
+            )
         return Finding("user", OK, f"{who}, as supervisord and Navi")
     if uid == 0:
-        return Finding("user", WARN, "doctor runs as root; Navi runs as supervisord's user (mop in the run image)",
-                       "run navi doctor as that user")
+        return Finding(
+            "user",
+            WARN,
+            "doctor runs as root; Navi runs as supervisord's user (mop in the run image)",
+            "run navi doctor as that user",
+        )
     return Finding("user", OK, who)
 
 
@@ -394,13 +496,20 @@ def _ask_supervisord(url: str, url_given: bool) -> SupervisordFacts:
     programs = []
     for c in configs:
         info = by_name.get((c["group"], c["name"]), {})
-        programs.append(ProgramFacts(
-            name=_text(c["name"]), group=_text(c["group"]), command=_text(c["command"]),
-            state=_text(info.get("statename", "not started")), pid=int(info.get("pid", 0)),
-            stdout_logfile=_text(c.get("stdout_logfile")), stderr_logfile=_text(c.get("stderr_logfile")),
-        ))
-    return SupervisordFacts(url, url_given, None, _text(version), _text(state.get("statename")), int(pid),
-                       tuple(programs))
+        programs.append(
+            ProgramFacts(
+                name=_text(c["name"]),
+                group=_text(c["group"]),
+                command=_text(c["command"]),
+                state=_text(info.get("statename", "not started")),
+                pid=int(info.get("pid", 0)),
+                stdout_logfile=_text(c.get("stdout_logfile")),
+                stderr_logfile=_text(c.get("stderr_logfile")),
+            )
+        )
+    return SupervisordFacts(
+        url, url_given, None, _text(version), _text(state.get("statename")), int(pid), tuple(programs)
+    )
 
 
 def _read(path: str) -> str:
@@ -458,9 +567,14 @@ def _directory(path: str, proc_root: str) -> Directory:
         return found
     mount = mount_of(os.path.realpath(path), mounts)
     return Directory(
-        path, None, files, size,
-        fstype=mount.fstype if mount else "unknown filesystem", mount_point=mount.mount_point if mount else "?",
-        free_bytes=st.f_bavail * st.f_frsize, total_bytes=st.f_blocks * st.f_frsize,
+        path,
+        None,
+        files,
+        size,
+        fstype=mount.fstype if mount else "unknown filesystem",
+        mount_point=mount.mount_point if mount else "?",
+        free_bytes=st.f_bavail * st.f_frsize,
+        total_bytes=st.f_blocks * st.f_frsize,
         free_inodes=st.f_favail if st.f_files else None,
     )
 
@@ -486,7 +600,11 @@ def gather(settings: Settings) -> Facts:
     except KeyError:
         user = "no name"
     return Facts(
-        settings=settings, uid=uid, user=user, supervisord=supervisord, process=process,
+        settings=settings,
+        uid=uid,
+        user=user,
+        supervisord=supervisord,
+        process=process,
         main_log=_read_main_log(settings, supervisord),
         notifications=_directory(settings.notifications_dir, settings.proc_root),
         memory=memory,

@@ -155,9 +155,7 @@ class ExitLog:
 
     def sigkills_waiting(self) -> int:
         """Deaths by SIGKILL (or a shell's 137) logged and not yet taken."""
-        return sum(
-            1 for queue in self._records.values() for r in queue if not r.stale and is_sigkill(r.code, r.signal)
-        )
+        return sum(1 for queue in self._records.values() for r in queue if not r.stale and is_sigkill(r.code, r.signal))
 
     def take(self, name: str, pid: Optional[int]) -> Optional[ExitRecord]:
         """The record of this unexpected exit, removed with every older one of

@@ -155,8 +155,7 @@ class Listener:
         self._reset_event()
         if length > self._max_payload:
             return BadInput(
-                f"{header['eventname'][:80]} payload of {length} characters is over "
-                f"{self._max_payload}; skipped"
+                f"{header['eventname'][:80]} payload of {length} characters is over {self._max_payload}; skipped"
             )
         return Event(header, payload)
 

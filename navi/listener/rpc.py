@@ -53,8 +53,10 @@ def _value(p: Param) -> str:
 
 def request_body(method: str, params: tuple[Param, ...]) -> bytes:
     values = "".join(f"<param><value>{_value(p)}</value></param>" for p in params)
-    return (f"<?xml version='1.0'?>\n<methodCall><methodName>{_escape(method)}</methodName>"
-            f"<params>{values}</params></methodCall>\n").encode()
+    return (
+        f"<?xml version='1.0'?>\n<methodCall><methodName>{_escape(method)}</methodName>"
+        f"<params>{values}</params></methodCall>\n"
+    ).encode()
 
 
 def _boolean(text: str) -> bool:
@@ -62,8 +64,15 @@ def _boolean(text: str) -> bool:
 
 
 _SCALARS: dict[str, Callable[[str], Any]] = {
-    "string": str, "int": int, "i4": int, "i8": int, "boolean": _boolean, "double": float,
-    "nil": lambda text: None, "dateTime.iso8601": str, "base64": str,
+    "string": str,
+    "int": int,
+    "i4": int,
+    "i8": int,
+    "boolean": _boolean,
+    "double": float,
+    "nil": lambda text: None,
+    "dateTime.iso8601": str,
+    "base64": str,
 }
 
 
@@ -151,12 +160,12 @@ def _connect(url: str, timeout: float) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
-            sock.connect(url[len("unix://"):])
+            sock.connect(url[len("unix://") :])
         except OSError:
             sock.close()
             raise
         return sock
-    host, _, port = url[len("http://"):].split("/", 1)[0].rpartition(":")
+    host, _, port = url[len("http://") :].split("/", 1)[0].rpartition(":")
     if not port.isdigit():
         raise RpcError(f"supervisor URL {url!r} has no port number")
     return socket.create_connection((host or "localhost", int(port)), timeout)
@@ -170,8 +179,10 @@ def call(url: str, method: str, *params: Param, timeout: float = TIMEOUT) -> Any
     deadline = time.monotonic() + timeout
     try:
         with _connect(url, timeout) as sock:
-            sock.sendall(b"POST /RPC2 HTTP/1.0\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            sock.sendall(
+                b"POST /RPC2 HTTP/1.0\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
             chunks = []
             received = 0
             while received <= MAX_RESPONSE:

@@ -61,8 +61,12 @@ class Shell:
         ppid = os.getppid()
         supervisord = identity(ppid, settings.proc_root)
         if supervisord.key is None:
-            log.error("cannot identify supervisord (pid %d) in %s: an event delivered again after a restart "
-                      "of Navi may be written twice", ppid, settings.proc_root)
+            log.error(
+                "cannot identify supervisord (pid %d) in %s: an event delivered again after a restart "
+                "of Navi may be written twice",
+                ppid,
+                settings.proc_root,
+            )
         origin = Origin(
             host=os.uname().nodename,
             supervisord_pid=ppid,
@@ -116,8 +120,9 @@ class Shell:
         try:
             infos = rpc.call(self.settings.supervisor_url, "supervisor.getAllProcessInfo")
         except (rpc.RpcError, rpc.Fault) as e:
-            log.warning("cannot list the running programs (%s): their memory and deaths are watched "
-                        "from their next start", e)
+            log.warning(
+                "cannot list the running programs (%s): their memory and deaths are watched from their next start", e
+            )
             return
         for info in infos if isinstance(infos, list) else ():
             if isinstance(info, dict) and info.get("statename") == "RUNNING" and isinstance(info.get("pid"), int):
@@ -185,8 +190,11 @@ class Shell:
             changes.update(log_read=True, log=self._read_log())
             changes["log_problem"] = self._log_problem or None
         if need.memory:
-            changes.update(memory_read=True, memory=cgroup.read(self._cgroup) if self._cgroup else None,
-                           memory_problem=self._cgroup_problem or None)
+            changes.update(
+                memory_read=True,
+                memory=cgroup.read(self._cgroup) if self._cgroup else None,
+                memory_problem=self._cgroup_problem or None,
+            )
         elif need.oom_kill:
             changes.update(oom_kill_read=True, oom_kill=cgroup.read_oom_kill(self._cgroup) if self._cgroup else None)
         if need.rss:  # a few /proc reads per program: on TICKs only
@@ -221,8 +229,12 @@ class Shell:
             except SpoolError as e:
                 problem = str(e)
         if problem and not self._save_problem:
-            log.error("cannot save Navi's state (%s): the %d incident(s) it holds would not survive a restart "
-                      "of Navi until it can", problem, self.core.held)
+            log.error(
+                "cannot save Navi's state (%s): the %d incident(s) it holds would not survive a restart "
+                "of Navi until it can",
+                problem,
+                self.core.held,
+            )
         elif self._save_problem and not problem:
             log.info("Navi's state is saved again")
         self._save_problem = problem

@@ -48,8 +48,11 @@ def fatal(name: str, last_exit: ExitInfo) -> str:
 
 def container_oom(kills: int, memory: Optional[MemoryInfo]) -> str:
     """Kills no supervised program's death claimed."""
-    largest = f"; largest program: {memory.programs[0].name} ({mib(memory.programs[0].rss_bytes)})" if (
-        memory is not None and memory.programs) else ""
+    largest = (
+        f"; largest program: {memory.programs[0].name} ({mib(memory.programs[0].rss_bytes)})"
+        if (memory is not None and memory.programs)
+        else ""
+    )
     limit = _limit(memory) if memory else ""
     return (
         f"the kernel's OOM killer killed {kills} process(es) in the container, but no supervised program "
