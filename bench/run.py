@@ -1,25 +1,51 @@
 """Navi's benchmark suite: every figure beside its peers', measured in this
 one run, with min / median / max over repeated runs (and p95 for latency).
 
-    packaging/dev bench [--quick]
+    packaging/dev bench [--quick] [--before REV]
 
-prints a table and writes it as JSON under bench/results/.
+prints a table and writes it as JSON under bench/results/.  With --before,
+that git revision of this repository runs beside today's Navi, as the peer
+navi@REV, in the latency, footprint and throughput runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+import shlex
 import statistics
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from bench import fakestream, latency, supervised
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parents[1]
+
+
+@contextlib.contextmanager
+def before(rev: Optional[str]) -> Iterator[Optional[fakestream.Listener]]:
+    """Navi as of git revision ``rev`` of this repository, extracted to a
+    temporary directory for the run (None without a revision)."""
+    if rev is None:
+        yield None
+        return
+    git = ["git", "-C", str(REPO)]
+    short = subprocess.run([*git, "rev-parse", "--short", rev], check=True, capture_output=True, text=True).stdout
+    archive = subprocess.run([*git, "archive", rev], check=True, capture_output=True).stdout
+    with tempfile.TemporaryDirectory(prefix="navi-before-") as tree:
+        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+        # -P: not the current directory first on sys.path, which may hold today's navi.
+        yield fakestream.Listener(
+            f"navi@{short.strip()}", ["env", f"PYTHONPATH={tree}", latency.PY, "-P", "-m", "navi", "listen"]
+        )
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -40,8 +66,14 @@ def row(what: str, unit: str, s: dict[str, float], note: str = "") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    parser.add_argument("--before", metavar="REV", help="also measure Navi as of this git revision")
     args = parser.parse_args()
-    deaths = 6 if args.quick else 20
+    with before(args.before) as old:
+        measure_all(args.quick, old)
+
+
+def measure_all(quick: bool, old: Optional[fakestream.Listener]) -> None:
+    deaths = 6 if quick else 20
     results: dict[str, Any] = {
         "when": datetime.now(timezone.utc).isoformat(),
         "machine": {
@@ -51,6 +83,22 @@ def main() -> None:
         },
     }
     lines = [f"{'':<44} {'min':>9} {'median':>9} {'p95':>9} {'max':>9}"]
+    # Today's figures over the old revision's, medians: < 1 is less (faster, smaller).
+    now_over_before: dict[str, float] = {}
+    then_name = old.name if old is not None else ""
+    if old is not None:
+        results["before"] = {"peer": then_name, "now/before (median)": now_over_before}
+
+    def compare(what: str, now: dict[str, float], then: dict[str, float]) -> None:
+        ratio = now["median"] / then["median"]
+        now_over_before[what] = ratio
+        lines.append(f"  navi/{then_name} {what}: {ratio:.2f} (median)")
+
+    listeners = fakestream.listeners()
+    peers = latency.peers()
+    if old is not None:
+        listeners.insert(1, old)
+        peers.insert(1, latency.Peer(old.name, shlex.join(old.command), False))
 
     # 1. Death-to-report latency.
     kinds = ["kill"]
@@ -61,7 +109,7 @@ def main() -> None:
         print(f"no OOM latency: {no_oom}")
     results["latency_ms"] = {}
     for how in kinds:
-        for peer in latency.peers():
+        for peer in peers:
             print(f"latency: {peer.name}, {deaths} deaths by {how} ...", flush=True)
             values, problems = latency.measure(peer, deaths, how)
             results["latency_ms"][f"{peer.name}/{how}"] = {**summary(values), "problems": problems}
@@ -74,11 +122,13 @@ def main() -> None:
                 ratio = results["latency_ms"][f"{other}/{how}"]["median"] / navi["median"]
                 results["latency_ms"][f"ratio {other}/navi {how} (median)"] = ratio
                 lines.append(f"  navi reports {ratio:.0f}x sooner than {other} (median, {how})")
+        if old is not None:
+            compare(f"latency {how}", navi, results["latency_ms"][f"{then_name}/{how}"])
 
     # 2. Footprint over a fake stream.
     results["footprint_mb"] = {}
-    runs = 1 if args.quick else 3
-    for listener in fakestream.listeners():
+    runs = 1 if quick else 3
+    for listener in listeners:
         print(f"footprint: {listener.name}, {runs} x 10,000 events ...", flush=True)
         samples = [fakestream.footprint(listener, 10_000, 1_000, 100) for _ in range(runs)]
         broken = sorted({v for _, violations in samples for v in violations})
@@ -102,12 +152,14 @@ def main() -> None:
         ratio = fp["navi"]["peak_mb"]["median"] / fp["crashmail"]["peak_mb"]["median"]
         fp["ratio navi/crashmail peak (median)"] = ratio
         lines.append(f"  navi's peak is {ratio:.2f} x crashmail's")
+    if old is not None:
+        compare("peak RSS", fp["navi"]["peak_mb"], fp[then_name]["peak_mb"])
 
     # 3. Throughput over a fake stream.
     results["throughput_events_per_s"] = {}
     streams = {"routine": fakestream.routine(10_000), "crashes": fakestream.crashes(1_000)}
     for kind, steps in streams.items():
-        for listener in fakestream.listeners()[:2]:  # navi, minimal
+        for listener in [li for li in listeners if not li.needs_supervisord]:  # navi, navi@REV, minimal
             print(f"throughput: {listener.name}, {kind} ...", flush=True)
             rates = [fakestream.throughput(listener, steps)[0] for _ in range(runs)]
             results["throughput_events_per_s"][f"{listener.name}/{kind}"] = summary(rates)
@@ -116,17 +168,19 @@ def main() -> None:
         ratio = tp[f"navi/{kind}"]["median"] / tp[f"minimal/{kind}"]["median"]
         tp[f"ratio navi/minimal {kind} (median)"] = ratio
         lines.append(f"  navi runs at {ratio:.2f} x the minimal listener's rate ({kind})")
+        if old is not None:
+            compare(f"throughput {kind}", tp[f"navi/{kind}"], tp[f"{then_name}/{kind}"])
 
     # 4. Start-up.
     print("start-up ...", flush=True)
-    starts = supervised.startup_ms(5 if args.quick else 20)
+    starts = supervised.startup_ms(5 if quick else 20)
     results["startup_ms"] = {name: summary(v) for name, v in starts.items()}
     for name, v in starts.items():
         lines.append(row(f"start-up to first READY: {name}", "ms", summary(v)))
 
     # Idle cost and a burst of deaths.
     print("idle ...", flush=True)
-    results["idle"] = supervised.idle(20 if args.quick else 60)
+    results["idle"] = supervised.idle(20 if quick else 60)
     for name, figures in results["idle"].items():
         lines.append(
             f"idle {name}: {figures['wakeups_per_min']:.0f} wake-ups/min, "
