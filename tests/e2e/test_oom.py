@@ -10,11 +10,11 @@ import time
 from typing import TYPE_CHECKING
 
 from navi.demo.sandbox import program
-from tests.conftest import triggered
+from tests.helpers import triggered
 
 if TYPE_CHECKING:
     from navi.listener.cgroup import MemoryCgroup
-    from tests.conftest import SandboxFactory
+    from tests.helpers import SandboxFactory
 
 LIMIT = 134217728  # what the memory_cgroup fixture sets: 128 MiB, no swap
 

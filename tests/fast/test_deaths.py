@@ -1,18 +1,16 @@
-"""The death watch: pidfds of running programs, and supervisord woken at a death."""
+"""The death watch: pidfds of running programs, and supervisord woken at a
+death.  tests/e2e/test_deaths.py watches under real supervisord."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Optional
 
 import pytest
 
-from navi.demo.sandbox import program
 from navi.listener.deaths import DeathWatch
-from tests.conftest import E2ESandbox, SandboxFactory
+from tests.helpers import pidfds
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no os.pidfd_open on this platform")
 
@@ -52,7 +50,7 @@ def test_a_death_wakes_supervisord_once(pipe: Pipe) -> None:
     watch.wait_for_input(pipe.read_fd)
     assert pipe.wakes == 1
     watch.watch([])  # forgotten already; nothing left open
-    assert not _pidfds()
+    assert not pidfds()
 
 
 def test_deaths_together_make_one_wake(pipe: Pipe) -> None:
@@ -65,7 +63,7 @@ def test_deaths_together_make_one_wake(pipe: Pipe) -> None:
         c.kill()
         c.wait()
     watch.wait_for_input(pipe.read_fd)
-    assert pipe.wakes == 1 and not _pidfds()
+    assert pipe.wakes == 1 and not pidfds()
 
 
 def test_only_the_running_are_watched(pipe: Pipe) -> None:
@@ -73,15 +71,15 @@ def test_only_the_running_are_watched(pipe: Pipe) -> None:
     watch = DeathWatch(pipe.wake)
     try:
         watch.watch(c.pid for c in children)
-        assert sorted(_pidfds().values()) == sorted(c.pid for c in children)
+        assert sorted(pidfds().values()) == sorted(c.pid for c in children)
         watch.watch([children[0].pid])
-        assert list(_pidfds().values()) == [children[0].pid]
+        assert list(pidfds().values()) == [children[0].pid]
     finally:
         watch.close()
         for c in children:
             c.kill()
             c.wait()
-    assert pipe.wakes == 0 and not _pidfds()
+    assert pipe.wakes == 0 and not pidfds()
 
 
 def test_a_program_dead_before_it_is_watched_wakes_at_once(pipe: Pipe) -> None:
@@ -114,45 +112,9 @@ def test_without_a_wake_nothing_is_watched(pipe: Pipe) -> None:
     try:
         watch = DeathWatch(None)
         watch.watch([child.pid])
-        assert not _pidfds()
+        assert not pidfds()
         os.write(pipe.write_fd, b"x")
         watch.wait_for_input(pipe.read_fd)  # still the way stdin is read
     finally:
         child.kill()
         child.wait()
-
-
-def _pidfds(pid: Optional[int] = None) -> dict[int, int]:
-    """fd -> pid of the pidfds process ``pid`` (default: this one) holds."""
-    fds = {}
-    base = f"/proc/{pid or os.getpid()}"
-    for fd in os.listdir(f"{base}/fdinfo"):
-        try:
-            info = Path(f"{base}/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        line = next((x for x in info.splitlines() if x.startswith("Pid:")), None)
-        if line is not None and "anon_inode:[pidfd]" in os.readlink(f"{base}/fd/{fd}"):
-            fds[int(fd)] = int(line.split()[1])
-    return fds
-
-
-def test_navi_under_supervisord_watches_each_running_program(sandbox: SandboxFactory) -> None:
-    """Programs running before Navi (its restart) and after: each has a
-    pidfd in Navi; a dead one is replaced by its successor's."""
-    box: E2ESandbox = sandbox(program("web", "sleep 600") + program("worker", "sleep 600", autorestart="true"))
-    box.wait_states({"web": "RUNNING", "worker": "RUNNING"})
-    box.ctl("restart", "navi")
-    box.wait_states({"navi": "RUNNING"})
-
-    def watched() -> Optional[list[int]]:
-        fds = sorted(_pidfds(box.pid("navi")).values())
-        return fds if fds == sorted([box.pid("web"), box.pid("worker")]) else None
-
-    box.wait_for(watched, 10, "pidfds of web and worker in navi")
-    old = box.pid("worker")
-    os.kill(old, 9)
-    box.wait_for(lambda: box.pid("worker") not in (0, old) or None, 20, "worker restarted")
-    box.wait_for(watched, 10, "pidfds of web and the new worker")
-    assert [n["type"] for n in box.check_files()] == ["crash"]
-    box.check_healthy(navi_starts=2)

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from navi.demo.sandbox import program
-from tests.conftest import has_memory_cgroup, triggered
+from tests.helpers import has_memory_cgroup, triggered
 
 if TYPE_CHECKING:
-    from tests.conftest import E2ESandbox, SandboxFactory
+    from tests.helpers import E2ESandbox, SandboxFactory
 
 
 # Every sandbox has one: its crash, triggered last, proves that every event

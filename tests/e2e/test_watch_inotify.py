@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,17 +15,7 @@ import pytest
 
 from navi.consumer import watch as watch_module
 from navi.consumer.watch import Notice, Watch
-from tests.consumer_helpers import name_of, publish, sample
-from tests.test_watch import WAIT, Collector, count, inotify_works
-
-
-@pytest.fixture
-def collectors() -> Iterator[list[Collector]]:
-    made: list[Collector] = []
-    yield made
-    for c in made:
-        if c.thread.is_alive():
-            c.stop()
+from tests.helpers import WAIT, Collector, count, inotify_works, name_of, publish, sample
 
 
 def start(directory: Path, collectors: list[Collector]) -> Collector:

@@ -5,7 +5,7 @@ across its restarts.
 The scenario is also a command, to run it many times (each run in its own
 sandbox; ``--busy`` adds two CPU-bound processes beside it)::
 
-    .venv/bin/python -m tests.test_restarts --runs 10 [--busy] [--seed N]
+    .venv/bin/python -m tests.e2e.test_restarts --runs 10 [--busy] [--seed N]
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Optional
 from navi.demo.sandbox import program
 from navi.listener import rpc
 from navi.names import STATE_FILE
-from tests.conftest import E2ESandbox, descendants, kill_leftovers
+from tests.helpers import E2ESandbox, descendants, kill_leftovers
 
 if TYPE_CHECKING:
-    from tests.conftest import SandboxFactory
+    from tests.helpers import SandboxFactory
 
 PROCESSES = [f"storm_{n}" for n in range(4)]
 STORM = program(
@@ -292,7 +292,7 @@ def busy_processes(count: int) -> list[subprocess.Popen[bytes]]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.test_restarts", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.e2e.test_restarts", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--kills", type=int, default=KILLS)
     parser.add_argument("--seed", type=int, help="of the first run; the next runs take the next ones")
@@ -305,7 +305,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for run in range(args.runs):
             seed = first_seed + run
             box = E2ESandbox(STORM, env=NAVI_ENV)
-            ours: list[tuple[int, str]] = []
+            ours: list[tuple[int, float]] = []
             try:
                 box.start()
                 result = run_storm(box, random.Random(seed), args.kills, seed=seed)

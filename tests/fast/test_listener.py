@@ -11,72 +11,20 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import pytest
 
 from navi.eventlistener import OK, READY
-from navi.fake.play import Player
-from navi.fake.scenario import log_time
 from navi.fake.world import FakeWorld
 from navi.names import STATE_FILE
-from tests.test_protocol import envelope
-
-NAVI = (sys.executable, "-m", "navi", "listen")
-
-
-_started: list[Player] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_listener_left() -> Iterator[None]:
-    """A test that fails half-way leaves no navi process behind."""
-    yield
-    while _started:
-        _started.pop().kill()
-
-
-def start(world: FakeWorld, env: Optional[dict[str, str]] = None, first_serial: int = 0) -> Player:
-    """``navi listen`` under the fake supervisord, with the world's settings
-    (or ``env`` instead), its stderr in the world's directory."""
-    player = Player(NAVI, world.env() if env is None else env, stderr=world.root / "navi.stderr", world=world,
-                    first_serial=first_serial)
-    _started.append(player)
-    return player
-
-
-def ended(sup: Player) -> tuple[Optional[int], bytes]:
-    """End of input: its exit code and what it wrote after."""
-    closed = sup.close()
-    return closed.exit_code, closed.after_eof
-
-
-def stderr(world: FakeWorld) -> str:
-    return (world.root / "navi.stderr").read_text(errors="replace")
+from tests.helpers import die, ended, envelope, exited_payload, notifications, start, stderr
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[FakeWorld]:
     with FakeWorld(tmp_path / "world") as w:
         yield w
-
-
-def exited_payload(name: str, pid: int, expected: int = 0) -> str:
-    return f"processname:{name} groupname:{name} from_state:RUNNING expected:{expected} pid:{pid}"
-
-
-def die(world: FakeWorld, name: str, pid: int, how: str) -> None:
-    now = log_time(1764025200)
-    world.append_log(f"{now} INFO spawned: '{name}' with pid {pid}")
-    world.append_log(f"{now} WARN exited: {name} ({how}; not expected)")
-
-
-def notifications(world: FakeWorld, directory: Optional[Path] = None) -> list[dict[str, Any]]:
-    entries = sorted((directory or world.notifications).iterdir())
-    assert [p.name for p in entries if p.name.startswith(".") and p.name != STATE_FILE] == []  # no temp
-    files = [p for p in entries if not p.name.startswith(".")]
-    assert all(p.name.endswith(".json") for p in files)
-    return [json.loads(p.read_text()) for p in files]
 
 
 def test_crash_then_oom_on_cgroup_v2(world: FakeWorld) -> None:
@@ -296,12 +244,12 @@ def test_held_incidents_survive_a_killed_navi(world: FakeWorld) -> None:
     sup.process.kill()  # dies with incidents held
     sup.close()
     # The new Navi keeps the last one's rate: no fresh burst, the storm is
-    # written when it is over (quiet for 0.5 s here), at a TICK.
-    again = start(world, {**world.env(), "NAVI_QUIET": "0.5"}, first_serial=sup.supervisor.serial + 1)
+    # written when it is over (quiet for 0.2 s here), at a TICK.
+    again = start(world, {**world.env(), "NAVI_QUIET": "0.2"}, first_serial=sup.supervisor.serial + 1)
     die(world, "api", 108, "exit status 2")
     again.event("PROCESS_STATE_EXITED", exited_payload("api", 108))
     assert len(notifications(world)) == 5 and held_counts(world) == [4]
-    time.sleep(0.6)
+    time.sleep(0.3)
     again.event("TICK_5", "when:1764025200")
     assert ended(again) == (0, b"")
     found = notifications(world)

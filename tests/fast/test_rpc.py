@@ -1,5 +1,5 @@
 """Navi's own XML-RPC client, against the standard library's encoder (what
-supervisord answers with) and a real supervisord."""
+supervisord answers with).  tests/e2e/test_rpc.py asks a real supervisord."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from navi.listener import rpc
-from tests.conftest import SandboxFactory
 
 ints = st.integers(-(2**31), 2**31 - 1)
 texts = st.text(st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from("\n\t"))
@@ -63,15 +62,3 @@ def test_unreachable_and_bad_urls(tmp_path: Path) -> None:
         rpc.call("ftp://x", "supervisor.getState")
     with pytest.raises(rpc.RpcError, match="no port"):
         rpc.call("http://localhost", "supervisor.getState")
-
-
-def test_real_supervisord(sandbox: SandboxFactory) -> None:
-    box = sandbox("")
-    url = f"unix://{box.socket}"
-    assert rpc.call(url, "supervisor.getState") == {"statecode": 1, "statename": "RUNNING"}
-    log = rpc.call(url, "supervisor.readLog", 0, 0)
-    assert "supervisord started with pid" in log
-    with pytest.raises(rpc.Fault) as fault:
-        rpc.call(url, "supervisor.startProcess", "no-such-program")
-    assert fault.value.code == 10 and "BAD_NAME" in fault.value.text
-    box.check_healthy()

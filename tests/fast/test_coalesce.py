@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from navi.listener.classify import Classifier, Evidence
 from navi.listener.coalesce import Coalescer, Outgoing, Rate, RateLimit
 from navi.notification import decode, encode
-from tests.test_classify import ORIGIN, exited, fatal, memory, record
+from tests.helpers import ORIGIN, exited, fatal, memory, record
 
 T0 = datetime(2026, 11, 24, 3, 0, tzinfo=timezone.utc)
 LIMIT = RateLimit(burst=3, pace=timedelta(seconds=60), quiet=timedelta(seconds=10))

@@ -1,14 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Union
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from navi.eventlistener import OK, READY, ListenerState, ProtocolMisuse
-from navi.fake.wire import envelope_text
 from navi.listener.protocol import (
     CLOSED,
     MAX_HEADER_BYTES,
@@ -17,35 +13,7 @@ from navi.listener.protocol import (
     Event,
     Listener,
 )
-
-
-def envelope(eventname: str, payload: str, serial: int = 1, pool: str = "navi") -> bytes:
-    """An event exactly as supervisor 4 writes it: len counts characters."""
-    return envelope_text(eventname, payload, serial, serial, pool).encode("utf-8")
-
-
-Result = Union[Event, BadInput]
-
-
-def drive(chunks: Sequence[bytes], max_payload: int = 64 * 1024) -> tuple[list[Result], bytes]:
-    """Run the lock-step loop a listener runs; return results and all output."""
-    proto = Listener(max_payload_chars=max_payload)
-    pending = list(chunks)
-    results: list[Result] = []
-    out = bytearray()
-    while True:
-        out += proto.send_ready()
-        while True:
-            got = proto.next_event()
-            if got is NEED_DATA:
-                proto.receive_data(pending.pop(0) if pending else b"")
-                continue
-            break
-        if got is CLOSED:
-            return results, bytes(out)
-        assert isinstance(got, (Event, BadInput))
-        results.append(got)
-        out += proto.send_ok()
+from tests.helpers import drive, envelope
 
 
 def test_one_event_is_parsed_and_acknowledged() -> None:

@@ -8,55 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from navi.listener.cgroup import MemorySnapshot
 from navi.listener.classify import Classifier, Evidence, Incident, Origin, event_id, triage
-from navi.listener.exitlog import ExitRecord, parse_exit
 from navi.listener.procs import RssSample
 from navi.listener.protocol import Event
+from tests.helpers import ORIGIN, event, exited, fatal, memory, record
 
-ORIGIN = Origin(
-    host="c0ffee",
-    supervisord_pid=7,
-    supervisord_started=datetime(2026, 11, 24, 23, 0, tzinfo=timezone.utc),
-    supervisord_key="boot:7:12345",
-    own_group="navi",
-    own_name="navi",
-    navi_version="test",
-)
 NOW = datetime(2026, 11, 24, 23, 5, 1, 250000, tzinfo=timezone.utc)
-
-
-def event(name: str, payload: str, serial: int = 1) -> Event:
-    header = {
-        "ver": "3.0", "server": "supervisor", "serial": str(serial), "pool": "navi",
-        "poolserial": str(serial), "eventname": name, "len": str(len(payload)),
-    }
-    return Event(header, payload)
-
-
-def exited(name: str = "web", expected: int = 0, pid: int = 42, serial: int = 1) -> Event:
-    payload = f"processname:{name} groupname:{name} from_state:RUNNING expected:{expected} pid:{pid}"
-    return event("PROCESS_STATE_EXITED", payload, serial)
 
 
 def backoff(name: str = "web", serial: int = 1) -> Event:
     return event("PROCESS_STATE_BACKOFF", f"processname:{name} groupname:{name} from_state:STARTING tries:1", serial)
-
-
-def fatal(name: str = "web", serial: int = 9) -> Event:
-    return event("PROCESS_STATE_FATAL", f"processname:{name} groupname:{name} from_state:BACKOFF", serial)
-
-
-def record(how: str, pid: Optional[int] = 42) -> ExitRecord:
-    parsed = parse_exit(f"exited: web ({how}; not expected)")
-    assert parsed is not None
-    return ExitRecord(parsed.name, pid, parsed.code, parsed.signal, parsed.core_dumped, parsed.expected,
-                      f"2026-11-24 23:05:01,200 WARN {parsed.line}")
-
-
-def memory(oom_kill: Optional[int], problems: tuple[str, ...] = ()) -> MemorySnapshot:
-    return MemorySnapshot(version=1, path="/sys/fs/cgroup/memory", limit_bytes=64 << 20,
-                          usage_bytes=60 << 20, peak_bytes=64 << 20, oom_kill=oom_kill, problems=problems)
 
 
 def evidence(how: Optional[str] = "exit status 3", oom_kill: Optional[int] = 0) -> Evidence:

@@ -1,7 +1,7 @@
 """The fake supervisord at work: real ``navi listen`` through scenarios on
 fake cgroup v1 and v2 trees, listeners that break the protocol in each way
-supervisord notices, the ``navi fake`` command, and a recording of a real
-supervisord replayed."""
+supervisord notices, the ``navi fake`` command, and the recorder.
+tests/e2e/test_recording.py records a real supervisord and replays it."""
 
 from __future__ import annotations
 
@@ -13,20 +13,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from navi.demo.sandbox import program
 from navi.fake.play import Outcome, play
 from navi.fake.scenario import Log, Memory, Send, Step, Supervisord, generate, parse
 from navi.fake.world import FakeWorld
 from navi.names import STATE_FILE
-
-if TYPE_CHECKING:
-    from tests.conftest import SandboxFactory
-
-NAVI = (sys.executable, "-m", "navi", "listen")
+from tests.helpers import NAVI, notifications
 
 
 @pytest.fixture(params=[2])
@@ -42,11 +36,6 @@ def to_navi(world: FakeWorld, scenario: str) -> Outcome:
     said = (world.root / "navi.stderr").read_text()
     assert "Traceback" not in said and "ERROR" not in said, said
     return outcome
-
-
-def notifications(world: FakeWorld) -> list[dict[str, Any]]:
-    files = sorted(p for p in world.notifications.iterdir() if not p.name.startswith("."))
-    return [json.loads(p.read_text()) for p in files]
 
 
 def test_a_crash_with_code_3(world: FakeWorld) -> None:
@@ -199,7 +188,7 @@ def test_the_command_flags_a_broken_listener_and_bad_words(tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == [script]  # the temporary tree is gone
 
 
-# ---- recording a real supervisord, and replaying it ---------------------------------------
+# ---- the recorder ---------------------------------------------------------------------------
 
 
 def test_what_is_played_to_the_recorder_is_what_it_records(world: FakeWorld) -> None:
@@ -218,76 +207,3 @@ def test_what_is_played_to_the_recorder_is_what_it_records(world: FakeWorld) -> 
     sent = [s for s in recorded if isinstance(s, Send)]
     assert [(s.eventname, s.payload) for s in sent] == [(s.eventname, s.payload) for s in steps if isinstance(s, Send)]
     assert all(s.header is not None and f"serial:{i} pool:navi poolserial:{i} " in s.header for i, s in enumerate(sent))
-
-
-MODEL = """
-program exits-3 autorestart false
-program killed autorestart false
-program fails-at-start autorestart false startretries 1
-program sleeper autorestart false
-exits-3 crashes with code 3
-killed is killed
-fails-at-start fails to start
-sleeper is stopped
-"""
-PROGRAMS = ("exits-3", "killed", "fails-at-start", "sleeper")
-
-
-def per_program(steps: list[Step]) -> dict[str, tuple[list[str], list[str]]]:
-    """Each program's events, and its main log lines, in order, pids and times
-    left out.  (How the two interleave is timing: supervisord logs at once and
-    dispatches the queued events on later passes of its loop.)"""
-    seen: dict[str, tuple[list[str], list[str]]] = {name: ([], []) for name in PROGRAMS}
-    for step in steps:
-        if isinstance(step, Send):
-            name = dict(t.split(":", 1) for t in step.payload.split()).get("processname", "")
-            text, kind = f"{step.eventname} {step.payload}", 0
-        elif isinstance(step, Log):
-            m = re.match(r"\S+ \S+ (\w+) (spawned: '|exited: |gave up: |stopped: )([^ ']+)", step.line)
-            if m is None:
-                continue  # the time a program became RUNNING depends on supervisord's loop
-            name, text, kind = m.group(3), step.line.split(" ", 2)[2], 1
-        else:
-            continue
-        if name in seen:
-            seen[name][kind].append(re.sub(r"pid:? ?\d+", "pid N", text))
-    return seen
-
-
-def test_a_recording_of_real_supervisord_replays_to_the_same_notifications(
-    sandbox: SandboxFactory, scratch_dir: Path
-) -> None:
-    recording = scratch_dir / "recording.jsonl"
-    box = sandbox(
-        program("exits-3", 'sh -c "sleep 1.5; exit 3"')
-        + program("killed", "sh -c 'sleep 1.5; kill -KILL $$'")
-        + program("fails-at-start", 'sh -c "exit 1"', startretries=1)
-        + program("sleeper", "sleep 3600")
-        + f"[eventlistener:recorder]\ncommand={sys.executable} -m navi fake record {recording}\n"
-        "events=PROCESS_STATE,TICK_5\nbuffer_size=1024\nstdout_logfile=NONE\nstderr_logfile={mnt}/log/recorder.log\n"
-    )
-    real = box.wait_notifications(5)
-    box.stop_program("sleeper")
-    box.wait_for(lambda: "processname:sleeper groupname:sleeper from_state:STOPPING" in recording.read_text(), 20,
-                 "the recording of sleeper's stop")
-    box.check_healthy()  # the recorder never broke the protocol either: no UNKNOWN in the log
-    assert "ERROR" not in box.log("recorder.log"), box.log("recorder.log")
-    recorded = parse(recording.read_text())
-
-    # The scenario words give what real supervisord did, program by program.
-    assert per_program(recorded) == per_program(parse(MODEL))
-
-    # And the recording, replayed to navi listen, gives the notifications Navi wrote under supervisord.
-    with FakeWorld(scratch_dir / "world") as world:
-        outcome = play(recorded, NAVI, world, stderr=scratch_dir / "replay.stderr")
-        assert outcome.violations == ()
-        replayed = notifications(world)
-
-    def key(n: dict[str, Any]) -> tuple[Any, ...]:
-        return (n["Header"]["serial"], n["type"], n["process"]["name"], n["process"]["pid"], n["exit"]["code"],
-                n["exit"]["signal"], n["exit"]["during_startup"], n["exit"]["log_line"])
-
-    assert [key(n) for n in replayed] == [key(n) for n in real]
-    assert sorted((n["type"], n["process"]["name"]) for n in real) == [
-        ("crash", "exits-3"), ("crash", "fails-at-start"), ("crash", "fails-at-start"), ("crash", "killed"),
-        ("fatal", "fails-at-start")]

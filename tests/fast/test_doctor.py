@@ -1,22 +1,20 @@
-"""navi doctor: the verdicts on gathered facts (pure), and the command on real
-supervisord and on cgroup v2 file trees.  tests/test_container.py runs it
-inside a real run image."""
+"""navi doctor: the verdicts on gathered facts (pure), and the command where
+nothing is there and on cgroup v2 file trees.  tests/e2e/test_doctor.py runs
+it next to real supervisord, tests/container/test_container.py inside a real
+run image."""
 
 from __future__ import annotations
 
 import configparser
 import dataclasses
 import os
-import re
-import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from navi.demo.sandbox import program, shipped_config_dir
+from navi.demo.sandbox import shipped_config_dir
 from navi.fake.world import FakeWorld
 from navi.listener import cgroup
 from navi.listener.doctor import (
@@ -39,7 +37,7 @@ from navi.listener.doctor import (
     render,
 )
 from navi.listener.shell import Settings
-from tests.conftest import SandboxFactory, has_memory_cgroup
+from tests.helpers import report_line, run_doctor
 
 CONTAINER_CGROUP = "/libpod_parent/libpod-5f1c"
 NAVI = ProgramFacts("navi", "navi", "navi listen", "RUNNING", 7, "none", "/mnt/log/navi.log")
@@ -226,49 +224,15 @@ def test_asks_where_the_shipped_configuration_listens() -> None:
     assert f"unix://{config['unix_http_server']['file']}" == SHIPPED_URL
 
 
-def _doctor(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NAVI_", "SUPERVISOR_"))}
-    return subprocess.run([sys.executable, "-m", "navi", "doctor", *args], env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
-
-
-def _line(report: str, status: str, what: str) -> str:
-    found = re.search(rf"^{status.upper()} +{what}  +(.*)$", report, re.M)
-    assert found, report
-    return found.group(1)
-
-
-def test_doctor_next_to_real_supervisord(sandbox: SandboxFactory) -> None:
-    box = sandbox(program("start", "sleep 3600"))
-    before = set(os.listdir(box.notifications))
-    done = _doctor({"NAVI_NOTIFICATIONS_DIR": str(box.notifications)}, "--supervisor-url", f"unix://{box.socket}")
-    report = done.stdout
-    assert done.stderr == ""
-    assert _line(report, OK, "supervisord").startswith("supervisord 4.")
-    assert _line(report, OK, "listener").startswith(f"[eventlistener:navi] RUNNING, pid {box.spawned_pids('navi')[0]}")
-    assert _line(report, OK, "main log").startswith(f"readLog at unix://{box.socket}: ")
-    assert _line(report, OK, "notifications").startswith(f"{box.notifications}: written and removed a 4.0 KiB probe; "
-                                                         "0 notification(s) waiting")
-    assert set(os.listdir(box.notifications)) == before  # the probe is gone
-    if has_memory_cgroup():
-        own = cgroup.locate()
-        assert f"v{own.version} at {own.path} (" in _line(report, OK, "memory cgroup")
-        assert done.returncode == 0, report
-    else:
-        assert _line(report, FAIL, "memory cgroup")
-        assert done.returncode == 1, report
-    box.check_healthy()
-
-
 def test_doctor_where_nothing_is_there(scratch_dir: Path) -> None:
-    done = _doctor({"NAVI_NOTIFICATIONS_DIR": str(scratch_dir / "missing"),
-                    "NAVI_SUPERVISOR_URL": f"unix://{scratch_dir / 'none.sock'}"})
+    done = run_doctor({"NAVI_NOTIFICATIONS_DIR": str(scratch_dir / "missing"),
+                       "NAVI_SUPERVISOR_URL": f"unix://{scratch_dir / 'none.sock'}"})
     assert done.returncode == 1
-    assert "No such file or directory" in _line(done.stdout, FAIL, "supervisord")
-    assert _line(done.stdout, FAIL, "main log").endswith("supervisord cannot be asked: exit codes and signals will be "
-                                                         "null")
-    assert _line(done.stdout, FAIL, "notifications").startswith(f"notifications directory {scratch_dir / 'missing'}: "
-                                                                "No such file or directory")
+    assert "No such file or directory" in report_line(done.stdout, FAIL, "supervisord")
+    assert report_line(done.stdout, FAIL, "main log").endswith(
+        "supervisord cannot be asked: exit codes and signals will be null")
+    assert report_line(done.stdout, FAIL, "notifications").startswith(
+        f"notifications directory {scratch_dir / 'missing'}: No such file or directory")
     assert "-> see supervisord above; or give Navi the log file (--supervisord-log" in done.stdout
     assert done.stdout.splitlines()[-1].startswith("verdict: Navi cannot do its job here (3 failure(s)")
     assert os.listdir(scratch_dir) == []
@@ -281,9 +245,10 @@ def test_doctor_reads_a_cgroup_v2_container(scratch_dir: Path) -> None:
         log.write_text(LOG)
         env = dict(world.env(), NAVI_SUPERVISORD_LOG=str(log),
                    NAVI_SUPERVISOR_URL=f"unix://{scratch_dir / 'none.sock'}")
-        done = _doctor(env)
-    assert _line(done.stdout, OK, "memory cgroup") == (
+        done = run_doctor(env)
+    assert report_line(done.stdout, OK, "memory cgroup") == (
         f"v2 at {world.cgroup_dir} (/proc/self/cgroup names /: a cgroup namespace, or the root)")
-    assert _line(done.stdout, OK, "memory figures") == "limit 64.0 MiB, usage 63.8 MiB, peak 64.0 MiB, oom_kill 2"
-    assert _line(done.stdout, OK, "main log") == f"{log}: 3 lines in its last 64.0 KiB"
+    assert report_line(done.stdout, OK, "memory figures") == (
+        "limit 64.0 MiB, usage 63.8 MiB, peak 64.0 MiB, oom_kill 2")
+    assert report_line(done.stdout, OK, "main log") == f"{log}: 3 lines in its last 64.0 KiB"
     assert done.returncode == 1  # no supervisord to ask

@@ -13,7 +13,7 @@ import pytest
 from navi.fake.world import FakeWorld
 from navi.listener.spool import Spool
 from navi.names import next_seconds, original_name
-from tests.test_listener import die, ended, exited_payload, notifications, start, stderr
+from tests.helpers import die, ended, exited_payload, notifications, start, stderr
 
 ORIGINAL_KEYS = ["Header", "Metadata", "Payload", "ReceivedAt"]
 

@@ -33,7 +33,7 @@ from navi.consumer.entries import (
 from navi.names import MAX_SIZE, claim_names, in_order, order_key, reason_name
 from navi.names import notification_name as file_name
 from navi.notification import SCHEMA_VERSION, Notification
-from tests.consumer_helpers import sample
+from tests.helpers import sample
 
 NOW = 1_800_000_000.0
 

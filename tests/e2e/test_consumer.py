@@ -18,7 +18,7 @@ import pytest
 
 from navi import cli
 from navi.consumer.inbox import ConsumerError, Found, Inbox, Pending, Problem
-from tests.consumer_helpers import name_of, publish, sample
+from tests.helpers import name_of, publish, sample
 
 PASSWD = Path("/etc/passwd")
 

@@ -34,7 +34,7 @@ from navi.fake.scenario import (
 )
 from navi.fake.wire import Ready, Result, Supervisor, Violation, envelope_text
 from navi.listener.protocol import Event
-from tests.test_protocol import drive
+from tests.helpers import drive
 
 # supervisor itself, to hold the fake to.  (Imported by name: it has no type
 # hints, and this repository's supervisor/ directory, the shipped

@@ -39,9 +39,9 @@ import pytest
 
 from navi import __version__
 from navi.listener import cgroup
-from tests.conftest import has_memory_cgroup, own_name
+from tests.helpers import has_memory_cgroup, own_name
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SUITE = "bookworm"  # Debian 12: python3 3.11, supervisor 4.2.5
 PYTHON = "3.11"
 LIMIT = 128 << 20  # the container's --memory; no swap

@@ -11,32 +11,18 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from navi.consumer.inbox import Found, Problem
-from navi.consumer.watch import InotifyUnavailable, Item, Notice, Watch, open_inotify
+from navi.consumer.inbox import Problem
+from navi.consumer.watch import Notice, Watch
 from navi.demo.sandbox import program
-from tests.conftest import triggered
-from tests.consumer_helpers import name_of, publish, sample
+from tests.helpers import WAIT, Collector, count, inotify_works, name_of, publish, sample, triggered
 
 if TYPE_CHECKING:
-    from tests.conftest import SandboxFactory
-
-WAIT = 60  # seconds: generous, never a measure of speed
-
-
-def inotify_works() -> bool:
-    try:
-        open_inotify().close()
-    except InotifyUnavailable as e:
-        print(f"SKIP: {e}")
-        return False
-    return True
-
+    from tests.helpers import SandboxFactory
 
 MODES = [pytest.param(None, id="inotify"), pytest.param(False, id="polling")]
 
@@ -45,54 +31,6 @@ def watch(patterns: list[str], use_inotify: Any, **kwargs: Any) -> Watch:
     if use_inotify is None and not inotify_works():
         pytest.skip("no inotify here")
     return Watch(patterns, use_inotify=use_inotify, interval=0.1, rescan=0.2, **kwargs)
-
-
-class Collector:
-    """Runs a Watch in a thread and keeps what it gives."""
-
-    def __init__(self, w: Watch, cond: Optional[threading.Condition] = None) -> None:
-        self.watch = w
-        self.items: list[Item] = []
-        self.cond = cond or threading.Condition()  # shared, to wait on several
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        for item in self.watch.items():
-            with self.cond:
-                self.items.append(item)
-                self.cond.notify_all()
-
-    def wait_for(self, ready: Callable[[list[Item]], bool], what: str) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: ready(self.items), WAIT), f"waited {WAIT}s for {what}: {self.items}"
-
-    def found(self) -> list[Found]:
-        with self.cond:
-            return [i for i in self.items if isinstance(i, Found)]
-
-    def notices(self) -> list[str]:
-        with self.cond:
-            return [i.text for i in self.items if isinstance(i, Notice)]
-
-    def stop(self) -> None:
-        self.watch.stop()
-        self.thread.join(WAIT)
-        assert not self.thread.is_alive(), "did not stop"
-        self.watch.close()
-
-
-@pytest.fixture
-def collectors() -> Iterator[list[Collector]]:
-    made: list[Collector] = []
-    yield made
-    for c in made:
-        if c.thread.is_alive():
-            c.stop()
-
-
-def count(serials: int) -> Callable[[list[Item]], bool]:
-    return lambda items: sum(isinstance(i, Found) for i in items) >= serials
 
 
 @pytest.mark.parametrize("use_inotify", MODES)
