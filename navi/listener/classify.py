@@ -55,17 +55,19 @@ class Origin:
 class Incident(enum.Enum):
     EXIT = "exit"  # unexpected EXITED, or BACKOFF: needs exit status and memory
     FATAL = "fatal"
+    # A previous Navi's death, delivered to the next one: an incident only
+    # if the OOM killer was its cause (never a restart, a kill -9, a crash).
+    OWN_DEATH = "own death"
 
 
 def triage(event: Event, origin: Origin) -> Optional[Incident]:
     """Which incident an event is, if any."""
     fields = event.fields
-    if origin.own_group is not None and fields.get("groupname") == origin.own_group:
-        return None
     name = event.name
-    if name == "PROCESS_STATE_EXITED":
-        return Incident.EXIT if fields.get("expected") == "0" else None
-    if name == "PROCESS_STATE_BACKOFF":
+    death = (name == "PROCESS_STATE_EXITED" and fields.get("expected") == "0") or name == "PROCESS_STATE_BACKOFF"
+    if origin.own_group is not None and fields.get("groupname") == origin.own_group:
+        return Incident.OWN_DEATH if death and fields.get("processname") == origin.own_name else None
+    if death:
         return Incident.EXIT
     if name == "PROCESS_STATE_FATAL":
         return Incident.FATAL
@@ -117,6 +119,17 @@ class Classifier:
     def unclaimed_kills(self) -> int:
         return len(self._kills)
 
+    def counter(self) -> tuple[Optional[int], list[datetime]]:
+        """The last reading of the oom_kill counter, and when each kill it
+        counted and no death claimed yet was seen: what a next Navi needs."""
+        return self.oom_baseline, list(self._kills)
+
+    def resume(self, baseline: int, kills: list[datetime]) -> None:
+        """Go on from a previous Navi's counter: kills counted since its last
+        reading are kills for the deaths delivered to this one."""
+        self.oom_baseline = baseline
+        self._kills.extend(kills)
+
     def decide(self, event: Event, evidence: Evidence) -> Optional[Notification]:
         """The notification for an event, if any."""
         rise, counter_problem = self._count(evidence.observed_at, evidence.oom_kill)
@@ -125,6 +138,8 @@ class Classifier:
             if event.name.startswith("TICK_"):
                 return self._unclaimed(event, evidence, rise, counter_problem)
             return None
+        if incident is Incident.OWN_DEATH:
+            return self._own_death(event, evidence, rise, counter_problem)
         notes: list[str] = []
         memory = _memory_info(evidence, rise, counter_problem, notes)
         fields = event.fields
@@ -221,6 +236,28 @@ class Classifier:
         )
         process = ProcessInfo(name=None, group=None, pid=None)
         return self._notification(event, evidence, "oom", summary, process, exit_info, memory, notes, count=due)
+
+    def _own_death(
+        self, event: Event, evidence: Evidence, rise: Optional[int], counter_problem: Optional[str]
+    ) -> Optional[Notification]:
+        """A previous Navi died: reported only when it took an OOM kill, for
+        the kill is then Navi's, not the customer's program's."""
+        exit_info = _exit_info(evidence, event.name == "PROCESS_STATE_BACKOFF")
+        if not self._kills or not is_sigkill(exit_info.code, exit_info.signal_number):
+            return None
+        self._kills.popleft()
+        notes = [
+            "the OOM killer's victim was Navi's own process, not the customer's program; supervisord started Navi again"
+        ]
+        memory = _memory_info(evidence, rise, counter_problem, notes)
+        if memory is not None:
+            memory = _with_programs(memory, evidence.rss, victim=None)
+        fields = event.fields
+        process = ProcessInfo(
+            name=fields.get("processname"), group=fields.get("groupname"), pid=_int(fields.get("pid"))
+        )
+        summary = summaries.own_oom(process.name or "navi", memory)
+        return self._notification(event, evidence, "oom", summary, process, exit_info, memory, notes)
 
     def _count(self, now: datetime, oom_kill: Optional[int]) -> tuple[Optional[int], Optional[str]]:
         """Take a reading of the counter: new kills join those not yet

@@ -58,3 +58,12 @@ def container_oom(kills: int, memory: Optional[MemoryInfo]) -> str:
         f"the kernel's OOM killer killed {kills} process(es) in the container, but no supervised program "
         f"died: a child of a program, or another process, was the victim ({limit}{largest})"
     )
+
+
+def own_oom(name: str, memory: Optional[MemoryInfo]) -> str:
+    """Navi itself was the OOM killer's victim."""
+    limit = f" ({_limit(memory)})" if memory else ""
+    return (
+        f"Navi itself ({name}) was killed by the kernel's OOM killer{limit}: the container is at its memory "
+        "limit, but the customer's program was not the victim"
+    )
