@@ -262,9 +262,14 @@ class Core:
         if incident in (Incident.EXIT, Incident.OWN_DEATH):
             record, problem = self._take_exit(event, readings)
             n = self.classifier.decide(event, self._evidence(readings, record, problem))
-            if n is not None and record is not None and record.stale and self._baseline_new and n.type == "crash":
-                if is_sigkill(record.code, record.signal):
-                    n = replace(n, notes=[*n.notes, NEW_BASELINE])
+            before_this_navi = record is not None and record.stale and self._baseline_new
+            if (
+                n is not None
+                and n.type == "crash"
+                and before_this_navi
+                and is_sigkill(n.exit.code, n.exit.signal_number)
+            ):
+                n = replace(n, notes=[*n.notes, NEW_BASELINE])
             return n
         if incident is Incident.FATAL:
             return self.classifier.decide(event, self._evidence(readings))
