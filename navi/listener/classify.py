@@ -112,6 +112,8 @@ class Classifier:
         self.oom_window = oom_window
         # OOM kills counted but not yet tied to a death: when each was seen.
         self._kills: deque[datetime] = deque(maxlen=MAX_PENDING_KILLS)
+        # A previous Navi's death by SIGKILL, while kills were unclaimed.
+        self._own_killed: Optional[tuple[ProcessInfo, ExitInfo]] = None
         # The last exit of each program, for the FATAL that may follow.
         self._last_exit: OrderedDict[str, ExitInfo] = OrderedDict()
 
@@ -139,7 +141,8 @@ class Classifier:
                 return self._unclaimed(event, evidence, rise, counter_problem)
             return None
         if incident is Incident.OWN_DEATH:
-            return self._own_death(event, evidence, rise, counter_problem)
+            self._own_death(event, evidence)
+            return None
         notes: list[str] = []
         memory = _memory_info(evidence, rise, counter_problem, notes)
         fields = event.fields
@@ -218,12 +221,24 @@ class Classifier:
         while self._kills and (evidence.exits_waiting == 0 or now - self._kills[0] > self.oom_window):
             self._kills.popleft()
             due += 1
+        own, self._own_killed = self._own_killed, None
         if not due:
             return None
         notes: list[str] = []
         memory = _memory_info(evidence, rise, counter_problem, notes)
         if memory is not None:
             memory = _with_programs(memory, evidence.rss, victim=None)
+        if own is not None:
+            # One kill is the dead Navi's; any other, the next TICK reports.
+            self._kills.extendleft([now] * (due - 1))
+            process, exit_info = own
+            notes.insert(
+                0,
+                "the OOM killer's victim was Navi's own process, not the customer's program; "
+                "supervisord started Navi again",
+            )
+            summary = summaries.own_oom(process.name or "navi", memory)
+            return self._notification(event, evidence, "oom", summary, process, exit_info, memory, notes)
         summary = summaries.container_oom(due, memory)
         exit_info = ExitInfo(
             code=None,
@@ -237,27 +252,17 @@ class Classifier:
         process = ProcessInfo(name=None, group=None, pid=None)
         return self._notification(event, evidence, "oom", summary, process, exit_info, memory, notes, count=due)
 
-    def _own_death(
-        self, event: Event, evidence: Evidence, rise: Optional[int], counter_problem: Optional[str]
-    ) -> Optional[Notification]:
-        """A previous Navi died: reported only when it took an OOM kill, for
-        the kill is then Navi's, not the customer's program's."""
+    def _own_death(self, event: Event, evidence: Evidence) -> None:
+        """A previous Navi died by SIGKILL while kills were counted: the OOM
+        killer's victim may have been Navi itself.  The customer's programs
+        dying now claim the kills first; one left at the next TICK is Navi's."""
         exit_info = _exit_info(evidence, event.name == "PROCESS_STATE_BACKOFF")
-        if not self._kills or not is_sigkill(exit_info.code, exit_info.signal_number):
-            return None
-        self._kills.popleft()
-        notes = [
-            "the OOM killer's victim was Navi's own process, not the customer's program; supervisord started Navi again"
-        ]
-        memory = _memory_info(evidence, rise, counter_problem, notes)
-        if memory is not None:
-            memory = _with_programs(memory, evidence.rss, victim=None)
-        fields = event.fields
-        process = ProcessInfo(
-            name=fields.get("processname"), group=fields.get("groupname"), pid=_int(fields.get("pid"))
-        )
-        summary = summaries.own_oom(process.name or "navi", memory)
-        return self._notification(event, evidence, "oom", summary, process, exit_info, memory, notes)
+        if self._kills and is_sigkill(exit_info.code, exit_info.signal_number):
+            fields = event.fields
+            process = ProcessInfo(
+                name=fields.get("processname"), group=fields.get("groupname"), pid=_int(fields.get("pid"))
+            )
+            self._own_killed = (process, exit_info)
 
     def _count(self, now: datetime, oom_kill: Optional[int]) -> tuple[Optional[int], Optional[str]]:
         """Take a reading of the counter: new kills join those not yet

@@ -239,8 +239,8 @@ class Shell:
                 problem = str(e)
         if problem and not self._save_problem:
             log.error(
-                "cannot save Navi's state (%s): the %d incident(s) it holds would not survive a restart "
-                "of Navi until it can",
+                "cannot save Navi's state (%s): until it can, a restart of Navi loses what it holds "
+                "(%d incident(s) now, its oom_kill reading)",
                 problem,
                 self.core.held,
             )
