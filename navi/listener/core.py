@@ -133,6 +133,9 @@ class State:
     # whole container was killed at once.  Saved at TICKs.
     running: list[RunningProgram] = field(default_factory=list)
     samples: list[RssSample] = field(default_factory=list)
+    # Who wrote it, and its file names' stamp: for a post-mortem's notification.
+    origin: Optional[Origin] = None
+    stamp: Optional[datetime] = None
     version: int = STATE_VERSION
 
 
@@ -358,6 +361,8 @@ class Core:
             counter=self._counter(),
             running=[RunningProgram(g, n, pid) for g, n, pid in self.running.programs()],
             samples=list(self._rss),
+            origin=self.origin,
+            stamp=self._stamp,
         )
 
     def _counter(self) -> Optional[Counter]:

@@ -67,3 +67,16 @@ def own_oom(name: str, memory: Optional[MemoryInfo]) -> str:
         f"Navi itself ({name}) was killed by the kernel's OOM killer{limit}: the container is at its memory "
         "limit, but the customer's program was not the victim"
     )
+
+
+def postmortem(group: bool, kills: int, running: list[str], memory: MemoryInfo) -> str:
+    """Kills counted that no Navi lived to report."""
+    who = f"supervisord, Navi and {', '.join(running)}" if running else "supervisord and Navi"
+    if group:
+        return (
+            f"the kernel's OOM killer killed the whole container at once (memory.oom.group): {who} ({_limit(memory)})"
+        )
+    return (
+        f"the kernel's OOM killer killed {kills} process(es) that Navi did not live to report before the "
+        f"container ended ({_limit(memory)})"
+    )
