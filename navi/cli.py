@@ -16,6 +16,7 @@ from navi import __version__
 COMMANDS = {
     "listen": ("navi.listener.cli", "run as supervisord's [eventlistener:navi]"),
     "doctor": ("navi.listener.cli", "say what Navi sees here, and what would make a notification wrong or missing"),
+    "postmortem": ("navi.listener.cli", "on the host, after a container ended: report the OOM kills no Navi lived to"),
     "ls": ("navi.consumer.cli", "list the notifications in directories, in order, validated"),
     "show": ("navi.consumer.cli", "show one notification"),
     "watch": ("navi.consumer.cli", "follow directories (globs: many containers at once) and print each new one"),

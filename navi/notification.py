@@ -241,16 +241,30 @@ class Original:
 _FIRST_KEYS = ("schema", "id", "type", "time", "count", "coalesced", "summary")
 
 
+_KEYS: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
+def _keys(cls: type) -> tuple[tuple[str, str], ...]:
+    """(attribute, key in the file) of a dataclass's fields, looked up once:
+    the state is encoded at every incident."""
+    keys = _KEYS.get(cls)
+    if keys is None:
+        keys = _KEYS[cls] = tuple((f.name, f.metadata.get("alias", f.name)) for f in dataclasses.fields(cls))
+    return keys
+
+
 def to_data(value: Any) -> Any:
     """A dataclass tree as JSON-ready data, keys under their aliases."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.metadata.get("alias", f.name): to_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if value is None or isinstance(value, (str, int, float)):
+        return value
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
     if isinstance(value, (list, tuple)):
         return [to_data(v) for v in value]
     if isinstance(value, dict):
         return {k: to_data(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {key: to_data(getattr(value, name)) for name, key in _keys(type(value))}
     return value
 
 

@@ -55,17 +55,19 @@ class Origin:
 class Incident(enum.Enum):
     EXIT = "exit"  # unexpected EXITED, or BACKOFF: needs exit status and memory
     FATAL = "fatal"
+    # A previous Navi's death, delivered to the next one: an incident only
+    # if the OOM killer was its cause (never a restart, a kill -9, a crash).
+    OWN_DEATH = "own death"
 
 
 def triage(event: Event, origin: Origin) -> Optional[Incident]:
     """Which incident an event is, if any."""
     fields = event.fields
-    if origin.own_group is not None and fields.get("groupname") == origin.own_group:
-        return None
     name = event.name
-    if name == "PROCESS_STATE_EXITED":
-        return Incident.EXIT if fields.get("expected") == "0" else None
-    if name == "PROCESS_STATE_BACKOFF":
+    death = (name == "PROCESS_STATE_EXITED" and fields.get("expected") == "0") or name == "PROCESS_STATE_BACKOFF"
+    if origin.own_group is not None and fields.get("groupname") == origin.own_group:
+        return Incident.OWN_DEATH if death and fields.get("processname") == origin.own_name else None
+    if death:
         return Incident.EXIT
     if name == "PROCESS_STATE_FATAL":
         return Incident.FATAL
@@ -110,12 +112,25 @@ class Classifier:
         self.oom_window = oom_window
         # OOM kills counted but not yet tied to a death: when each was seen.
         self._kills: deque[datetime] = deque(maxlen=MAX_PENDING_KILLS)
+        # A previous Navi's death by SIGKILL, while kills were unclaimed.
+        self._own_killed: Optional[tuple[ProcessInfo, ExitInfo]] = None
         # The last exit of each program, for the FATAL that may follow.
         self._last_exit: OrderedDict[str, ExitInfo] = OrderedDict()
 
     @property
     def unclaimed_kills(self) -> int:
         return len(self._kills)
+
+    def counter(self) -> tuple[Optional[int], list[datetime]]:
+        """The last reading of the oom_kill counter, and when each kill it
+        counted and no death claimed yet was seen: what a next Navi needs."""
+        return self.oom_baseline, list(self._kills)
+
+    def resume(self, baseline: int, kills: list[datetime]) -> None:
+        """Go on from a previous Navi's counter: kills counted since its last
+        reading are kills for the deaths delivered to this one."""
+        self.oom_baseline = baseline
+        self._kills.extend(kills)
 
     def decide(self, event: Event, evidence: Evidence) -> Optional[Notification]:
         """The notification for an event, if any."""
@@ -124,6 +139,9 @@ class Classifier:
         if incident is None:
             if event.name.startswith("TICK_"):
                 return self._unclaimed(event, evidence, rise, counter_problem)
+            return None
+        if incident is Incident.OWN_DEATH:
+            self._own_death(event, evidence)
             return None
         notes: list[str] = []
         memory = _memory_info(evidence, rise, counter_problem, notes)
@@ -203,12 +221,24 @@ class Classifier:
         while self._kills and (evidence.exits_waiting == 0 or now - self._kills[0] > self.oom_window):
             self._kills.popleft()
             due += 1
+        own, self._own_killed = self._own_killed, None
         if not due:
             return None
         notes: list[str] = []
         memory = _memory_info(evidence, rise, counter_problem, notes)
         if memory is not None:
             memory = _with_programs(memory, evidence.rss, victim=None)
+        if own is not None:
+            # One kill is the dead Navi's; any other, the next TICK reports.
+            self._kills.extendleft([now] * (due - 1))
+            process, exit_info = own
+            notes.insert(
+                0,
+                "the OOM killer's victim was Navi's own process, not the customer's program; "
+                "supervisord started Navi again",
+            )
+            summary = summaries.own_oom(process.name or "navi", memory)
+            return self._notification(event, evidence, "oom", summary, process, exit_info, memory, notes)
         summary = summaries.container_oom(due, memory)
         exit_info = ExitInfo(
             code=None,
@@ -221,6 +251,18 @@ class Classifier:
         )
         process = ProcessInfo(name=None, group=None, pid=None)
         return self._notification(event, evidence, "oom", summary, process, exit_info, memory, notes, count=due)
+
+    def _own_death(self, event: Event, evidence: Evidence) -> None:
+        """A previous Navi died by SIGKILL while kills were counted: the OOM
+        killer's victim may have been Navi itself.  The customer's programs
+        dying now claim the kills first; one left at the next TICK is Navi's."""
+        exit_info = _exit_info(evidence, event.name == "PROCESS_STATE_BACKOFF")
+        if self._kills and is_sigkill(exit_info.code, exit_info.signal_number):
+            fields = event.fields
+            process = ProcessInfo(
+                name=fields.get("processname"), group=fields.get("groupname"), pid=_int(fields.get("pid"))
+            )
+            self._own_killed = (process, exit_info)
 
     def _count(self, now: datetime, oom_kill: Optional[int]) -> tuple[Optional[int], Optional[str]]:
         """Take a reading of the counter: new kills join those not yet

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Optional
 
 from navi import __version__
-from navi.listener import doctor
+from navi.listener import doctor, postmortem
 from navi.listener.coalesce import RateLimit
 from navi.listener.core import Limits
 from navi.listener.shell import Settings, listen
@@ -153,6 +153,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str], protocol_fd: Optional[int]) -> int:
     command = argv[0]
+    if command == "postmortem":
+        return _postmortem(argv[1:])
     parser = argparse.ArgumentParser(prog=f"navi {command}", description=DESCRIPTIONS[command])
     parser.add_argument("--version", action="version", version=f"navi {__version__}")
     _listener_options(parser)
@@ -164,6 +166,23 @@ def main(argv: list[str], protocol_fd: Optional[int]) -> int:
         assert protocol_fd is not None  # taken before anything was imported
         return listen(settings, protocol_fd)
     return doctor.main(settings)
+
+
+def _postmortem(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="navi postmortem", description=postmortem.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cgroup",
+        metavar="DIR",
+        required=True,
+        help="the container's memory cgroup, as the host sees it (before it is removed)",
+    )
+    parser.add_argument("--volume", metavar="DIR", required=True, help="the container's /mnt, as the host sees it")
+    parser.add_argument("--notifications-dir", metavar="DIR", help="where Navi wrote, if not VOLUME/notifications")
+    parser.add_argument("--json", action="store_true", help="print the notification instead of writing it")
+    args = parser.parse_args(argv)
+    return postmortem.main(args.cgroup, args.volume, args.notifications_dir, args.json)
 
 
 DESCRIPTIONS = {

@@ -23,7 +23,7 @@ from typing import Optional, Union
 from navi.listener.cgroup import MemorySnapshot
 from navi.listener.classify import OOM_WINDOW, Classifier, Evidence, Incident, Origin, triage
 from navi.listener.coalesce import Coalescer, Outgoing, Rate, RateLimit
-from navi.listener.exitlog import ExitLog, ExitRecord
+from navi.listener.exitlog import ExitLog, ExitRecord, is_sigkill
 from navi.listener.procs import RssSample
 from navi.listener.protocol import Event
 from navi.listener.running import Running
@@ -103,6 +103,24 @@ Action = Union[Save, Publish, WatchPids, Remark]
 
 
 @dataclass(frozen=True)
+class Counter:
+    """The memory cgroup's oom_kill counter, as Navi last read it: kills
+    counted after it are a next Navi's to place, even those counted while
+    no Navi ran."""
+
+    cgroup: str  # the cgroup it was read in
+    oom_kill: int
+    kills: list[datetime] = field(default_factory=list)  # counted, not yet claimed by a death: when
+
+
+@dataclass(frozen=True)
+class RunningProgram:
+    group: str
+    name: str
+    pid: int
+
+
+@dataclass(frozen=True)
 class State:
     """What outlives a Navi: saved in the notifications directory."""
 
@@ -110,9 +128,21 @@ class State:
     applied: Optional[int]  # the last event whose effect this state holds
     rates: list[Rate] = field(default_factory=list)
     outbox: list[Outgoing] = field(default_factory=list)  # decided, perhaps not yet written
+    counter: Optional[Counter] = None
+    # What ran, and its last memory sample: what a post-mortem names when the
+    # whole container was killed at once.  Saved at TICKs.
+    running: list[RunningProgram] = field(default_factory=list)
+    samples: list[RssSample] = field(default_factory=list)
+    # Who wrote it, and its file names' stamp: for a post-mortem's notification.
+    origin: Optional[Origin] = None
+    stamp: Optional[datetime] = None
     version: int = STATE_VERSION
 
 
+NEW_BASELINE = (
+    "this death came before this Navi started, and no earlier reading of the oom_kill counter survived "
+    "(Navi's state file was missing): an OOM kill before then cannot be told from a kill -9"
+)
 NO_EXIT_LINE = (
     "supervisord's log has no exited: line for it (it may have failed to spawn: see its spawnerr: "
     "lines; or supervisord logs only errors, or the line was rotated away)"
@@ -127,6 +157,7 @@ class Core:
         oom_baseline: Optional[int],
         limits: Limits = Limits(),
         own_pid: Optional[int] = None,
+        cgroup_path: Optional[str] = None,
     ) -> None:
         self.origin = origin
         self._stamp = stamp  # file names sort by it: supervisord's start
@@ -136,8 +167,15 @@ class Core:
         self.running = Running(origin.own_group)
         self._applied: Optional[int] = None
         self._outbox: dict[str, Outgoing] = {}
-        self._changes = 0  # of the outbox; the coalescer counts its own
-        self._saved = (0, 0)
+        self._changes = 0  # notifications decided; the coalescer counts its own
+        self._written = 0  # notifications written since
+        self._cgroup_path = cgroup_path
+        # No earlier reading of the counter yet: deaths from before this Navi
+        # cannot be told from a kill -9.  Until a state with one is restored.
+        self._baseline_new = True
+        self._handled = 0  # events
+        self._saved: Optional[tuple[object, ...]] = None
+        self._saved_tidy: Optional[tuple[object, ...]] = None
         self._unsaved: Optional[tuple[str, datetime]] = None  # why the state is not saved, since when
         self._rss: tuple[RssSample, ...] = ()  # the last memory sample of each running program
 
@@ -161,6 +199,10 @@ class Core:
             self._applied = state.applied if self._applied is None else max(state.applied, self._applied)
         for out in state.outbox:
             self._outbox.setdefault(out.name, out)
+        counter = state.counter
+        if counter is not None and counter.cgroup == self._cgroup_path and not self._handled:
+            self.classifier.resume(counter.oom_kill, counter.kills)
+            self._baseline_new = False
         return [Publish(out) for out in state.outbox]
 
     # -- events --------------------------------------------------------------
@@ -168,7 +210,7 @@ class Core:
     def needs(self, event: Event, readings: Readings) -> Needs:
         """What to read before :meth:`handle`, given what was read so far."""
         incident = triage(event, self.origin)
-        if incident is Incident.EXIT:
+        if incident in (Incident.EXIT, Incident.OWN_DEATH):
             return Needs(log=not readings.log_read, memory=not readings.memory_read)
         if incident is Incident.FATAL:
             return Needs(memory=not readings.memory_read)
@@ -198,13 +240,14 @@ class Core:
         incident = triage(event, self.origin)
         if redelivered:
             # Its effect is saved already: only what it decided is still to write.
-            if incident is Incident.EXIT:
+            if incident in (Incident.EXIT, Incident.OWN_DEATH):
                 self._take_exit(event, readings)
             self.running.track(event)
             said = Remark(f"event {serial} ({event.name}) delivered again: the last Navi had handled it already")
             return [said, *self._actions(readings.now, save=False, publish=list(self._outbox.values()))]
         if number is not None:
             self._applied = number
+        self._handled += 1
         self.running.track(event)
         notification = self._decide(incident, event, readings)
         out: list[Outgoing] = []
@@ -217,12 +260,21 @@ class Core:
         for o in out:
             self._outbox[o.name] = o
             self._changes += 1
-        return self._actions(readings.now, save=self._dirty(), publish=out)
+        return self._actions(readings.now, save=self._dirty(event.name.startswith("TICK_")), publish=out)
 
     def _decide(self, incident: Optional[Incident], event: Event, readings: Readings) -> Optional[Notification]:
-        if incident is Incident.EXIT:
+        if incident in (Incident.EXIT, Incident.OWN_DEATH):
             record, problem = self._take_exit(event, readings)
-            return self.classifier.decide(event, self._evidence(readings, record, problem))
+            n = self.classifier.decide(event, self._evidence(readings, record, problem))
+            before_this_navi = record is not None and record.stale and self._baseline_new
+            if (
+                n is not None
+                and n.type == "crash"
+                and before_this_navi
+                and is_sigkill(n.exit.code, n.exit.signal_number)
+            ):
+                n = replace(n, notes=[*n.notes, NEW_BASELINE])
+            return n
         if incident is Incident.FATAL:
             return self.classifier.decide(event, self._evidence(readings))
         if event.name.startswith("TICK_"):
@@ -258,9 +310,11 @@ class Core:
     # -- what the shell could and could not do -------------------------------
 
     def published(self, name: str) -> None:
-        """The notification ``name`` is written (or was already)."""
+        """The notification ``name`` is written (or was already).  Saved with
+        the next change, or at the next TICK: until then a new Navi would
+        only find it written already."""
         if self._outbox.pop(name, None) is not None:
-            self._changes += 1
+            self._written += 1
 
     def failed(self, name: str, reason: str, now: datetime) -> None:
         """The notification ``name`` could not be written: hold it, with its
@@ -284,7 +338,7 @@ class Core:
         tried again at the next incident or TICK."""
         if self._unsaved is None:
             self._unsaved = (problem, now)
-        self._saved = (-1, -1)
+        self._saved = None
 
     def _with_save_notes(self, n: Notification) -> Notification:
         if self._unsaved is None:
@@ -304,19 +358,37 @@ class Core:
             applied=self._applied,
             rates=self.coalescer.save(now),
             outbox=list(self._outbox.values()),
+            counter=self._counter(),
+            running=[RunningProgram(g, n, pid) for g, n, pid in self.running.programs()],
+            samples=list(self._rss),
+            origin=self.origin,
+            stamp=self._stamp,
         )
 
-    def _version(self) -> tuple[int, int]:
-        return self.coalescer.changes, self._changes
+    def _counter(self) -> Optional[Counter]:
+        baseline, kills = self.classifier.counter()
+        if baseline is None or self._cgroup_path is None:
+            return None
+        return Counter(self._cgroup_path, baseline, kills)
 
-    def _dirty(self) -> bool:
-        return self._version() != self._saved
+    def _version(self) -> tuple[object, ...]:
+        """What must be saved before anything it decided is carried out."""
+        baseline, kills = self.classifier.counter()
+        return self.coalescer.changes, self._changes, baseline, tuple(kills)
+
+    def _tidy(self) -> tuple[object, ...]:
+        """What is saved at TICKs: which programs run, their memory, and which
+        notifications decided are written now."""
+        return tuple(self.running.programs()), self._rss, self._written
+
+    def _dirty(self, tick: bool = False) -> bool:
+        return self._version() != self._saved or (tick and self._tidy() != self._saved_tidy)
 
     def _actions(self, now: datetime, save: bool, publish: list[Outgoing]) -> list[Action]:
         actions: list[Action] = []
         if save:
             actions.append(Save(self.state(now)))
-            self._saved = self._version()  # unless the shell says :meth:`unsaved`
+            self._saved, self._saved_tidy = self._version(), self._tidy()  # unless the shell says :meth:`unsaved`
         actions += [Publish(o) for o in publish]
         actions.append(WatchPids(self.running.pids()))
         return actions

@@ -138,7 +138,7 @@ class ExitLog:
                 self._mark_stale()
             return
         record = parse_exit(message)
-        if record is None or record.expected or record.name == self._own_name:
+        if record is None or record.expected:
             return
         record = replace(record, pid=self._pids.get(record.name), line=line)
         queue = self._records.get(record.name)
@@ -149,13 +149,17 @@ class ExitLog:
         while len(self._records) > MAX_PROCESSES:
             self._records.popitem(last=False)
 
+    def _programs(self) -> list[deque[ExitRecord]]:
+        """The records of supervised programs: not Navi's own."""
+        return [queue for name, queue in self._records.items() if name != self._own_name]
+
     def waiting(self) -> int:
         """Unexpected deaths logged whose events have not been handled yet."""
-        return sum(1 for queue in self._records.values() for r in queue if not r.stale)
+        return sum(1 for queue in self._programs() for r in queue if not r.stale)
 
     def sigkills_waiting(self) -> int:
         """Deaths by SIGKILL (or a shell's 137) logged and not yet taken."""
-        return sum(1 for queue in self._records.values() for r in queue if not r.stale and is_sigkill(r.code, r.signal))
+        return sum(1 for queue in self._programs() for r in queue if not r.stale and is_sigkill(r.code, r.signal))
 
     def take(self, name: str, pid: Optional[int]) -> Optional[ExitRecord]:
         """The record of this unexpected exit, removed with every older one of

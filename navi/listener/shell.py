@@ -79,7 +79,14 @@ class Shell:
             navi_version=__version__,
         )
         stamp = supervisord.started or datetime.now(timezone.utc)  # file names sort by it
-        self.core = Core(origin, stamp, baseline, settings.limits, own_pid=os.getpid())
+        self.core = Core(
+            origin,
+            stamp,
+            baseline,
+            settings.limits,
+            own_pid=os.getpid(),
+            cgroup_path=self._cgroup.path if self._cgroup else None,
+        )
         self._write_problem = ""
         self._save_problem = ""
         self._state_unsynced = False
@@ -101,7 +108,9 @@ class Shell:
         self._restored = False
         self._leftover: list[Action] = []
         self._open_spool()
-        self._carry_out(self._take_leftover())
+        # Then the state as this Navi starts (its counter reading above all):
+        # what the next one goes on from, were this one to die unseen.
+        self._carry_out(self._take_leftover() + self.core.settle(datetime.now(timezone.utc)))
         if self._log_problem:
             log.error("%s; exit statuses will be null until it can be read", self._log_problem)
         log.info(
@@ -230,8 +239,8 @@ class Shell:
                 problem = str(e)
         if problem and not self._save_problem:
             log.error(
-                "cannot save Navi's state (%s): the %d incident(s) it holds would not survive a restart "
-                "of Navi until it can",
+                "cannot save Navi's state (%s): until it can, a restart of Navi loses what it holds "
+                "(%d incident(s) now, its oom_kill reading)",
                 problem,
                 self.core.held,
             )

@@ -58,3 +58,25 @@ def container_oom(kills: int, memory: Optional[MemoryInfo]) -> str:
         f"the kernel's OOM killer killed {kills} process(es) in the container, but no supervised program "
         f"died: a child of a program, or another process, was the victim ({limit}{largest})"
     )
+
+
+def own_oom(name: str, memory: Optional[MemoryInfo]) -> str:
+    """Navi itself was the OOM killer's victim."""
+    limit = f" ({_limit(memory)})" if memory else ""
+    return (
+        f"Navi itself ({name}) was killed by the kernel's OOM killer{limit}: the container is at its memory "
+        "limit, but the customer's program was not the victim"
+    )
+
+
+def postmortem(group: bool, kills: int, running: list[str], memory: MemoryInfo) -> str:
+    """Kills counted that no Navi lived to report."""
+    who = f"supervisord, Navi and {', '.join(running)}" if running else "supervisord and Navi"
+    if group:
+        return (
+            f"the kernel's OOM killer killed the whole container at once (memory.oom.group): {who} ({_limit(memory)})"
+        )
+    return (
+        f"the kernel's OOM killer killed {kills} process(es) that Navi did not live to report before the "
+        f"container ended ({_limit(memory)})"
+    )

@@ -24,8 +24,15 @@ from navi.listener.protocol import Event
 from navi.notification import Notification, decode, encode
 
 T0 = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
-ORIGIN = Origin(host="h", supervisord_pid=1, supervisord_started=T0, supervisord_key="boot:1:100",
-                own_group="navi", own_name="navi", navi_version="test")
+ORIGIN = Origin(
+    host="h",
+    supervisord_pid=1,
+    supervisord_started=T0,
+    supervisord_key="boot:1:100",
+    own_group="navi",
+    own_name="navi",
+    navi_version="test",
+)
 LIMITS = Limits(RateLimit(burst=3, pace=timedelta(seconds=60), quiet=timedelta(seconds=10)))
 
 
@@ -34,8 +41,11 @@ def event(serial: int, name: str, payload: str) -> Event:
 
 
 def exited(serial: int, program: str, pid: int = 7) -> Event:
-    return event(serial, "PROCESS_STATE_EXITED",
-                 f"processname:{program} groupname:{program} from_state:RUNNING expected:0 pid:{pid}")
+    return event(
+        serial,
+        "PROCESS_STATE_EXITED",
+        f"processname:{program} groupname:{program} from_state:RUNNING expected:0 pid:{pid}",
+    )
 
 
 def tick(serial: int) -> Event:
@@ -47,7 +57,7 @@ def snapshot(oom_kill: int = 0) -> MemorySnapshot:
 
 
 def core(baseline: Optional[int] = 0) -> Core:
-    return Core(ORIGIN, T0, baseline, LIMITS)
+    return Core(ORIGIN, T0, baseline, LIMITS, cgroup_path="/sys/fs/cgroup")
 
 
 # -- what it needs ------------------------------------------------------------------
@@ -64,7 +74,10 @@ def test_a_routine_event_needs_nothing_and_its_own_pool_is_ignored() -> None:
     c = core()
     running = event(1, "PROCESS_STATE_RUNNING", "processname:web groupname:web from_state:STARTING pid:9")
     assert not c.needs(running, Readings(T0))
-    assert not c.needs(exited(2, "navi"), Readings(T0))
+    own = event(2, "PROCESS_STATE_RUNNING", "processname:navi groupname:navi from_state:STARTING pid:9")
+    assert not c.needs(own, Readings(T0))
+    # A previous Navi's death is looked at: it may have been the OOM killer's victim.
+    assert c.needs(exited(3, "navi"), Readings(T0)) == Needs(log=True, memory=True)
 
 
 def test_a_tick_reads_the_counter_and_only_looks_further_when_it_rose() -> None:
@@ -75,8 +88,10 @@ def test_a_tick_reads_the_counter_and_only_looks_further_when_it_rose() -> None:
     rose = Readings(T0, oom_kill_read=True, oom_kill=3, rss=())
     assert c.needs(tick(1), rose) == Needs(log=True, memory=True)
     # The kill no death claims is the container's, at that TICK.
-    actions = c.handle(tick(1), Readings(T0, oom_kill_read=True, oom_kill=3, rss=(), log_read=True,
-                                         memory_read=True, memory=snapshot(3)))
+    actions = c.handle(
+        tick(1),
+        Readings(T0, oom_kill_read=True, oom_kill=3, rss=(), log_read=True, memory_read=True, memory=snapshot(3)),
+    )
     (published,) = [a.out.notification for a in actions if isinstance(a, Publish)]
     assert published.type == "oom" and published.process.name is None and published.count == 1
 
@@ -107,9 +122,10 @@ def test_the_state_is_saved_before_the_notification_it_decided() -> None:
     assert save.state.outbox == [publish.out] and save.state.applied == 1
     assert publish.out.name == "20261201T030000.000000Z-000000000001.json"
     c.published(publish.out.name)
-    save, watch = c.settle(T0)  # written: no longer to do after a restart
-    assert isinstance(save, Save) and save.state.outbox == [] and watch == WatchPids(frozenset())
-    assert c.settle(T0) == [watch]
+    assert c.settle(T0) == [WatchPids(frozenset())]  # that it is written is saved with the next change
+    actions = c.handle(tick(2), Readings(T0, oom_kill_read=True, oom_kill=0, rss=()))
+    (save,) = [a for a in actions if isinstance(a, Save)]  # or at a TICK
+    assert save.state.outbox == []
 
 
 def test_an_event_delivered_again_after_its_state_was_saved_changes_nothing() -> None:
@@ -211,6 +227,7 @@ class Harness:
                 self._point()  # killed during start-up, before anything
                 if self.disk.state is not None:
                     self._carry_out(c, c.restore(decode(State, self.disk.state), now), now)
+                self._carry_out(c, c.settle(now), now)  # the state as it starts, as the shell saves it
                 return c
             except Killed:
                 self.restarts += 1
@@ -223,10 +240,16 @@ class Harness:
                 self._point()  # killed between reading the event and anything else
                 readings = Readings(now)
                 need = self.core.needs(e, readings)
-                readings = Readings(now, log_read=need.log, log=self._new_log() if need.log else "",
-                                    memory_read=need.memory, memory=snapshot(self.oom_kill),
-                                    oom_kill_read=need.oom_kill, oom_kill=self.oom_kill,
-                                    rss=() if need.rss else None)
+                readings = Readings(
+                    now,
+                    log_read=need.log,
+                    log=self._new_log() if need.log else "",
+                    memory_read=need.memory,
+                    memory=snapshot(self.oom_kill),
+                    oom_kill_read=need.oom_kill,
+                    oom_kill=self.oom_kill,
+                    rss=() if need.rss else None,
+                )
                 self._carry_out(self.core, self.core.handle(e, readings), now)
                 self._carry_out(self.core, self.core.settle(now), now)
                 self._point()  # killed just before the acknowledgement
@@ -263,8 +286,10 @@ class Harness:
     def die(self, program: str, pid: int, how: str, now: datetime) -> None:
         """What supervisord logs of a death, before it sends the event."""
         stamp = f"{now:%Y-%m-%d %H:%M:%S},000"
-        self.log += [f"{stamp} INFO spawned: '{program}' with pid {pid}",
-                     f"{stamp} WARN exited: {program} ({how}; not expected)"]
+        self.log += [
+            f"{stamp} INFO spawned: '{program}' with pid {pid}",
+            f"{stamp} WARN exited: {program} ({how}; not expected)",
+        ]
 
     def _new_log(self) -> str:
         text = "".join(line + "\n" for line in self.log[self._read :])
@@ -281,13 +306,18 @@ class Harness:
 CRASHES = ["crash a", "crash b", "crash c", "tick", "routine"]
 streams = st.lists(st.tuples(st.sampled_from(CRASHES), st.integers(0, 40)), min_size=1, max_size=80)
 # With OOM kills: a Navi started after the kernel counted one reads it in its
-# baseline, and would call the death a crash (a decision that differs).
-oom_streams = st.lists(st.tuples(st.sampled_from([*CRASHES, "oom a", "oom b"]), st.integers(0, 40)),
-                       min_size=1, max_size=80)
+# own baseline; it goes on from the last one's saved reading instead.
+oom_streams = st.lists(
+    st.tuples(st.sampled_from([*CRASHES, "oom a", "oom b"]), st.integers(0, 40)), min_size=1, max_size=80
+)
 
 
-def run(stream: list[tuple[str, int]], kills: set[int], failures: set[int] = frozenset(),  # type: ignore[assignment]
-        claim_every: int = 1000) -> tuple[Harness, int]:
+def run(
+    stream: list[tuple[str, int]],
+    kills: set[int],
+    failures: set[int] = frozenset(),  # type: ignore[assignment]
+    claim_every: int = 1000,
+) -> tuple[Harness, int]:
     h = Harness(set(kills), set(failures), claim_every)
     now, incidents = T0, 0
     for serial, (what, gap) in enumerate(stream):
@@ -302,8 +332,9 @@ def run(stream: list[tuple[str, int]], kills: set[int], failures: set[int] = fro
         elif what == "tick":
             h.deliver(tick(serial), now)
         else:
-            h.deliver(event(serial, "PROCESS_STATE_STARTING", "processname:a groupname:a from_state:EXITED tries:0"),
-                      now)
+            h.deliver(
+                event(serial, "PROCESS_STATE_STARTING", "processname:a groupname:a from_state:EXITED tries:0"), now
+            )
     # Then quiet, with TICKs and no more kills or failures: all that is held is written.
     h.kills, h.failures = set(), set()
     h.stream_steps = h.step
@@ -316,8 +347,9 @@ def run(stream: list[tuple[str, int]], kills: set[int], failures: set[int] = fro
 
 
 @settings(max_examples=400, deadline=None)
-@given(oom_streams, st.sets(st.integers(1, 600), max_size=40), st.sets(st.integers(1, 600), max_size=20),
-       st.integers(1, 6))
+@given(
+    oom_streams, st.sets(st.integers(1, 600), max_size=40), st.sets(st.integers(1, 600), max_size=20), st.integers(1, 6)
+)
 def test_killed_at_any_moment_no_count_is_lost(
     stream: list[tuple[str, int]], kills: set[int], failures: set[int], claim_every: int
 ) -> None:
@@ -330,14 +362,15 @@ def test_killed_at_any_moment_no_count_is_lost(
 
 
 @settings(max_examples=200, deadline=None)
-@given(streams, st.sets(st.integers(1, 600), max_size=40))
+@given(oom_streams, st.sets(st.integers(1, 600), max_size=40))
 def test_kills_change_nothing_that_is_written(stream: list[tuple[str, int]], kills: set[int]) -> None:
     """Neither a fresh burst for each new Navi, nor a file twice: the
     notifications are those of a Navi that was never killed."""
     calm, _ = run(stream, set())
     killed, _ = run(stream, kills)
-    assert {k: (n.count, n.id) for k, n in killed.written().items()} == \
-        {k: (n.count, n.id) for k, n in calm.written().items()}
+    assert {k: (n.type, n.count, n.id) for k, n in killed.written().items()} == {
+        k: (n.type, n.count, n.id) for k, n in calm.written().items()
+    }
 
 
 def test_every_kill_point_of_a_storm_is_survived() -> None:
@@ -369,3 +402,83 @@ def test_a_state_restored_late_is_merged_not_overwritten() -> None:
                 late.published(a.out.name)
     late.restore(decode(State, encode(saved)), T0 + timedelta(seconds=1))
     assert late.held == 3
+
+
+# -- incidents Navi was not there to see ----------------------------------------------
+
+CGROUP = "/sys/fs/cgroup/ctr"
+
+
+def navi_core(baseline: int, state: Optional[State] = None) -> Core:
+    """A Navi starting: it reads the counter, then the last one's state."""
+    c = Core(ORIGIN, T0, baseline, LIMITS, own_pid=99, cgroup_path=CGROUP)
+    c.first_log(LOG)
+    if state is not None:
+        c.restore(decode(State, encode(state)), T0)
+    return c
+
+
+LOG = (
+    "2026-12-01 03:00:00,000 INFO spawned: 'navi' with pid 7\n"
+    "2026-12-01 03:00:00,100 INFO spawned: 'web' with pid 8\n"
+    "2026-12-01 03:00:05,000 WARN exited: web (terminated by SIGKILL; not expected)\n"
+    "2026-12-01 03:00:05,100 WARN exited: navi (terminated by SIGKILL; not expected)\n"
+    "2026-12-01 03:00:05,200 INFO spawned: 'navi' with pid 99\n"
+)
+
+
+def deliver(c: Core, e: Event, oom_kill: int) -> Optional[Notification]:
+    readings = Readings(T0, log_read=True, memory_read=True, memory=snapshot(oom_kill))
+    published = [a.out.notification for a in c.handle(e, readings) if isinstance(a, Publish)]
+    return published[0] if published else None
+
+
+def last_state(oom_kill: int) -> State:
+    """What the Navi before saved, having read the counter at ``oom_kill``."""
+    c = Core(ORIGIN, T0, oom_kill, LIMITS, cgroup_path=CGROUP)
+    (save,) = [a for a in c.settle(T0) if isinstance(a, Save)]
+    assert save.state.counter is not None and save.state.counter.oom_kill == oom_kill
+    return save.state
+
+
+def test_a_kill_counted_while_no_navi_ran_is_placed_on_the_death_delivered_later() -> None:
+    """Navi stopped (or killed), web OOM-killed meanwhile: the new Navi's own
+    first reading already counts the kill; the last one's does not."""
+    c = navi_core(baseline=1, state=last_state(0))
+    n = deliver(c, exited(10, "web", pid=8), oom_kill=1)
+    assert n is not None and n.type == "oom" and n.process.name == "web"
+    assert n.memory is not None and n.memory.oom_kill_rise == 1
+
+
+def test_without_a_last_reading_the_death_is_a_crash_that_says_the_baseline_is_new() -> None:
+    c = navi_core(baseline=1)
+    n = deliver(c, exited(10, "web", pid=8), oom_kill=1)
+    assert n is not None and n.type == "crash" and n.exit.signal == "SIGKILL"
+    assert any("no earlier reading of the oom_kill counter survived" in note for note in n.notes)
+
+
+def test_navi_killed_by_the_oom_killer_is_reported_as_navi_not_the_program() -> None:
+    """No program's death claims the kill: at the next TICK it is the dead Navi's."""
+    c = navi_core(baseline=1, state=last_state(0))
+    assert deliver(c, exited(10, "navi", pid=7), oom_kill=1) is None
+    n = deliver(c, tick(11), oom_kill=1)
+    assert n is not None and n.type == "oom" and (n.process.name, n.process.pid) == ("navi", 7)
+    assert n.exit.signal == "SIGKILL" and n.count == 1
+    assert n.summary.startswith("Navi itself (navi) was killed by the kernel's OOM killer")
+    assert "not the customer's program" in n.notes[0]
+    assert deliver(c, tick(12), oom_kill=1) is None  # once
+
+
+def test_a_program_killed_with_navi_takes_the_kill_first() -> None:
+    """Navi SIGKILLed by someone, web OOM-killed at the same time: the kill is web's."""
+    c = navi_core(baseline=1, state=last_state(0))
+    assert deliver(c, exited(10, "navi", pid=7), oom_kill=1) is None
+    n = deliver(c, exited(11, "web", pid=8), oom_kill=1)
+    assert n is not None and n.type == "oom" and n.process.name == "web"
+    assert deliver(c, tick(12), oom_kill=1) is None
+
+
+def test_navi_killed_otherwise_is_no_incident() -> None:
+    c = navi_core(baseline=0, state=last_state(0))
+    assert deliver(c, exited(10, "navi", pid=7), oom_kill=0) is None
+    assert deliver(c, tick(11), oom_kill=0) is None

@@ -94,7 +94,7 @@ def test_missing_directory_then_created(world: FakeWorld) -> None:
     said = [line for line in stderr(world).splitlines() if "No such file or directory" in line]
     # One line for the directory, one for the count that could not be saved meanwhile.
     assert len(said) == 2 and str(later) in said[0]
-    assert said[1].startswith("navi: ERROR: cannot save Navi's state") and "1 incident(s)" in said[1]
+    assert said[1].startswith("navi: ERROR: cannot save Navi's state") and "a restart of Navi loses" in said[1]
     assert "saved again" in stderr(world)
     assert any("could not save its state" in note for note in n["notes"])
     assert "lost" not in stderr(world)
