@@ -12,12 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from navi.demo.sandbox import Unavailable
 from navi.demo.sandbox import memory_cgroup as memory_cgroup_of
 from navi.listener import cgroup
 from tests import helpers
 from tests.helpers import MEMORY_LIMIT, Collector, E2ESandbox, SandboxFactory, descendants, kill_leftovers
+
+
+# No per-example deadline: a busy machine (CI, the VM and container tiers
+# beside) would fail a property for its timing, never for its truth.
+settings.register_profile("navi", deadline=None)
+settings.load_profile("navi")
 
 
 @pytest.fixture

@@ -167,8 +167,7 @@ class Core:
         self.running = Running(origin.own_group)
         self._applied: Optional[int] = None
         self._outbox: dict[str, Outgoing] = {}
-        self._changes = 0  # notifications decided; the coalescer counts its own
-        self._written = 0  # notifications written since
+        self._changes = 0  # of the outbox; the coalescer counts its own
         self._cgroup_path = cgroup_path
         # No earlier reading of the counter yet: deaths from before this Navi
         # cannot be told from a kill -9.  Until a state with one is restored.
@@ -310,11 +309,11 @@ class Core:
     # -- what the shell could and could not do -------------------------------
 
     def published(self, name: str) -> None:
-        """The notification ``name`` is written (or was already).  Saved with
-        the next change, or at the next TICK: until then a new Navi would
-        only find it written already."""
+        """The notification ``name`` is written (or was already).  Saved at
+        once (:meth:`settle`): a new Navi that found it still to write, and
+        failed to, would hold its count a second time."""
         if self._outbox.pop(name, None) is not None:
-            self._written += 1
+            self._changes += 1
 
     def failed(self, name: str, reason: str, now: datetime) -> None:
         """The notification ``name`` could not be written: hold it, with its
@@ -377,9 +376,8 @@ class Core:
         return self.coalescer.changes, self._changes, baseline, tuple(kills)
 
     def _tidy(self) -> tuple[object, ...]:
-        """What is saved at TICKs: which programs run, their memory, and which
-        notifications decided are written now."""
-        return tuple(self.running.programs()), self._rss, self._written
+        """What is saved at TICKs: which programs run, their memory."""
+        return tuple(self.running.programs()), self._rss
 
     def _dirty(self, tick: bool = False) -> bool:
         return self._version() != self._saved or (tick and self._tidy() != self._saved_tidy)

@@ -33,7 +33,10 @@ def evidence(how: Optional[str] = "exit status 3", oom_kill: Optional[int] = 0) 
         (exited(expected=1), None),
         (backoff(), Incident.EXIT),
         (fatal(), Incident.FATAL),
-        (exited(name="navi"), None),  # Navi's own pool
+        # Navi's own pool: only a previous Navi's death is looked at (an OOM kill's victim?)
+        (exited(name="navi"), Incident.OWN_DEATH),
+        (exited(name="navi", expected=1), None),
+        (event("PROCESS_STATE_RUNNING", "processname:navi groupname:navi from_state:STARTING pid:4"), None),
         (event("PROCESS_STATE_STOPPED", "processname:web groupname:web from_state:STOPPING pid:4"), None),
         (event("PROCESS_STATE_RUNNING", "processname:web groupname:web from_state:STARTING pid:4"), None),
         (event("TICK_5", "when:1"), None),

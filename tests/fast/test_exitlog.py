@@ -99,16 +99,18 @@ def test_backoff_pairs_in_order() -> None:
     assert [r.pid if r else None for r in codes] == [5, 6]
 
 
-def test_expected_exits_and_our_own_are_not_kept() -> None:
+def test_expected_exits_are_not_kept_and_our_own_are_not_the_programs() -> None:
     log = ExitLog(own_name="navi", own_pid=500)
     # loglevel=warn: no spawned lines, so no pids.
     log.feed(
         exited("job", "exit status 0", expected=True) + exited("job", "exit status 4")
         + exited("navi", "terminated by SIGKILL")  # a previous Navi's death
     )
+    assert log.waiting() == 1 and log.sigkills_waiting() == 0  # Navi's own is no program's death
     record = log.take("job", 77)
     assert record is not None and record.code == 4
-    assert log.take("navi", None) is None and log.sigkills_waiting() == 0
+    own = log.take("navi", None)  # kept for its event: was the OOM killer's victim Navi itself?
+    assert own is not None and own.signal == 9
 
 
 def test_without_pids_unexpected_pair_in_order() -> None:
