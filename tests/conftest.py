@@ -20,7 +20,6 @@ from navi.listener import cgroup
 from tests import helpers
 from tests.helpers import MEMORY_LIMIT, Collector, E2ESandbox, SandboxFactory, descendants, kill_leftovers
 
-
 # No per-example deadline: a busy machine (CI, the VM and container tiers
 # beside) would fail a property for its timing, never for its truth.
 settings.register_profile("navi", deadline=None)
