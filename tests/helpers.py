@@ -63,8 +63,13 @@ ORIGIN = Origin(
 
 def event(name: str, payload: str, serial: int = 1) -> Event:
     header = {
-        "ver": "3.0", "server": "supervisor", "serial": str(serial), "pool": "navi",
-        "poolserial": str(serial), "eventname": name, "len": str(len(payload)),
+        "ver": "3.0",
+        "server": "supervisor",
+        "serial": str(serial),
+        "pool": "navi",
+        "poolserial": str(serial),
+        "eventname": name,
+        "len": str(len(payload)),
     }
     return Event(header, payload)
 
@@ -81,13 +86,27 @@ def fatal(name: str = "web", serial: int = 9) -> Event:
 def record(how: str, pid: Optional[int] = 42) -> ExitRecord:
     parsed = parse_exit(f"exited: web ({how}; not expected)")
     assert parsed is not None
-    return ExitRecord(parsed.name, pid, parsed.code, parsed.signal, parsed.core_dumped, parsed.expected,
-                      f"2026-11-24 23:05:01,200 WARN {parsed.line}")
+    return ExitRecord(
+        parsed.name,
+        pid,
+        parsed.code,
+        parsed.signal,
+        parsed.core_dumped,
+        parsed.expected,
+        f"2026-11-24 23:05:01,200 WARN {parsed.line}",
+    )
 
 
 def memory(oom_kill: Optional[int], problems: tuple[str, ...] = ()) -> MemorySnapshot:
-    return MemorySnapshot(version=1, path="/sys/fs/cgroup/memory", limit_bytes=64 << 20,
-                          usage_bytes=60 << 20, peak_bytes=64 << 20, oom_kill=oom_kill, problems=problems)
+    return MemorySnapshot(
+        version=1,
+        path="/sys/fs/cgroup/memory",
+        limit_bytes=64 << 20,
+        usage_bytes=60 << 20,
+        peak_bytes=64 << 20,
+        oom_kill=oom_kill,
+        problems=problems,
+    )
 
 
 # ---- the eventlistener protocol -----------------------------------------------------------
@@ -134,8 +153,13 @@ started: list[Player] = []
 def start(world: FakeWorld, env: Optional[dict[str, str]] = None, first_serial: int = 0) -> Player:
     """``navi listen`` under the fake supervisord, with the world's settings
     (or ``env`` instead), its stderr in the world's directory."""
-    player = Player(NAVI, world.env() if env is None else env, stderr=world.root / "navi.stderr", world=world,
-                    first_serial=first_serial)
+    player = Player(
+        NAVI,
+        world.env() if env is None else env,
+        stderr=world.root / "navi.stderr",
+        world=world,
+        first_serial=first_serial,
+    )
     started.append(player)
     return player
 
@@ -177,8 +201,13 @@ def run_doctor(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
     """``navi doctor`` with ``env`` and none of this process's NAVI_* or
     SUPERVISOR_* variables."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("NAVI_", "SUPERVISOR_"))}
-    return subprocess.run([sys.executable, "-m", "navi", "doctor", *args], env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "navi", "doctor", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def report_line(report: str, status: str, what: str) -> str:
@@ -220,16 +249,42 @@ def sample(serial: int, program: str = "web") -> Notification:
         time=STARTED + timedelta(seconds=serial),
         summary=f"{program} crashed: exit status 3",
         process=ProcessInfo(name=program, group=program, pid=1000 + serial),
-        exit=ExitInfo(code=3, signal=None, signal_number=None, core_dumped=False, during_startup=False,
-                      log_line=f"2026-11-24 23:39:09,395 WARN exited: {program} (exit status 3; not expected)",
-                      unavailable=None),
-        memory=MemoryInfo(cgroup_version=2, cgroup_path="/sys/fs/cgroup", limit_bytes=201326592,
-                          usage_bytes=35532800, peak_bytes=None, oom_kill=0, oom_kill_rise=0, problems=[]),
+        exit=ExitInfo(
+            code=3,
+            signal=None,
+            signal_number=None,
+            core_dumped=False,
+            during_startup=False,
+            log_line=f"2026-11-24 23:39:09,395 WARN exited: {program} (exit status 3; not expected)",
+            unavailable=None,
+        ),
+        memory=MemoryInfo(
+            cgroup_version=2,
+            cgroup_path="/sys/fs/cgroup",
+            limit_bytes=201326592,
+            usage_bytes=35532800,
+            peak_bytes=None,
+            oom_kill=0,
+            oom_kill_rise=0,
+            problems=[],
+        ),
         notes=[],
-        header={"ver": "3.0", "server": "supervisor", "serial": str(serial), "pool": "navi",
-                "poolserial": str(serial), "eventname": "PROCESS_STATE_EXITED", "len": "60"},
-        metadata={"processname": program, "groupname": program, "from_state": "RUNNING", "expected": "0",
-                  "pid": str(1000 + serial)},
+        header={
+            "ver": "3.0",
+            "server": "supervisor",
+            "serial": str(serial),
+            "pool": "navi",
+            "poolserial": str(serial),
+            "eventname": "PROCESS_STATE_EXITED",
+            "len": "60",
+        },
+        metadata={
+            "processname": program,
+            "groupname": program,
+            "from_state": "RUNNING",
+            "expected": "0",
+            "pid": str(1000 + serial),
+        },
         source=Source(host="host", supervisord_pid=1, supervisord_started=STARTED, navi_version="2.0.0"),
     )
 
@@ -387,8 +442,9 @@ class E2ESandbox(Sandbox):
         """Pids of ``name``'s ``spawned:`` lines in supervisord's log, in order."""
         return [
             int(m.group(1))
-            for m in re.finditer(rf"INFO spawned: '{re.escape(name)}' with pid (\d+)$",
-                                 self.log("supervisord.log"), re.M)
+            for m in re.finditer(
+                rf"INFO spawned: '{re.escape(name)}' with pid (\d+)$", self.log("supervisord.log"), re.M
+            )
         ]
 
     def notification_files(self, directory: Optional[Path] = None) -> list[Path]:

@@ -107,8 +107,11 @@ def debian_mirror(sources: dict[str, str], codename: str) -> Optional[str]:
 
 
 def _apt_sources() -> dict[str, str]:
-    paths = ["/etc/apt/sources.list", *glob.glob("/etc/apt/sources.list.d/*.list"),
-             *glob.glob("/etc/apt/sources.list.d/*.sources")]
+    paths = [
+        "/etc/apt/sources.list",
+        *glob.glob("/etc/apt/sources.list.d/*.list"),
+        *glob.glob("/etc/apt/sources.list.d/*.sources"),
+    ]
     found = {}
     for path in paths:
         with contextlib.suppress(OSError):
@@ -130,8 +133,10 @@ def why_not() -> Optional[str]:
         return f"the container test needs root (euid {os.geteuid()}): podman with a memory limit, debootstrap"
     missing = [t for t in ("podman", "runc", "debootstrap", "tar", "umount") if shutil.which(t, path=PATH) is None]
     if missing:
-        return (f"{', '.join(missing)} not installed (packaging/dev test installs podman, runc and debootstrap "
-                "with apt-get when it runs as root on Debian)")
+        return (
+            f"{', '.join(missing)} not installed (packaging/dev test installs podman, runc and debootstrap "
+            "with apt-get when it runs as root on Debian)"
+        )
     if not has_memory_cgroup():
         return "no memory cgroup on this machine: a container cannot get a memory limit"
     release = _os_release()
@@ -232,8 +237,15 @@ class Lab:
     def podman(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
         # cwd: conmon drops a file named "oom" into its working directory
         # when the container has an OOM kill.
-        done = subprocess.run(self.podman_command(*args), env=self.env, cwd=self.dir, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            self.podman_command(*args),
+            env=self.env,
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"podman {' '.join(args[:3])}... failed ({done.returncode}): {done.stderr[-2000:]}")
         return done
@@ -245,7 +257,10 @@ class Lab:
         with log.open("wb") as out:
             bootstrap = subprocess.Popen(
                 ["debootstrap", "--variant=minbase", SUITE, str(rootfs), mirror],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
             )
             self.started.append(bootstrap)
             try:
@@ -260,8 +275,15 @@ class Lab:
         image = f"localhost/navi-test-base:{self.tag}"
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         self.started.append(tar)
-        done = subprocess.run(self.podman_command("import", "-", image), stdin=tar.stdout, env=self.env, cwd=self.dir,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            self.podman_command("import", "-", image),
+            stdin=tar.stdout,
+            env=self.env,
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert tar.stdout is not None
         tar.stdout.close()
         tar.wait(timeout=60)
@@ -273,7 +295,10 @@ class Lab:
         context = self.dir / "context"
         done = subprocess.run(
             [str(ROOT / "packaging" / "build-wheels"), str(context / "wheels"), PYTHON],
-            env={**self.env, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=300,
+            env={**self.env, "PYTHON": sys.executable},
+            capture_output=True,
+            text=True,
+            timeout=300,
             stdin=subprocess.DEVNULL,
         )
         assert done.returncode == 0, done.stderr[-2000:]
@@ -284,10 +309,22 @@ class Lab:
         # The build's RUN steps use the host's network (apt-get), so that no
         # container network is made.
         done = self.podman(
-            "build", "--network=host", "--pull=never", "--cgroup-parent", self.cgroup_parent,
-            "-f", str(ROOT / "packaging" / "Dockerfile"), "--build-arg", f"BASE={base}",
-            "--build-arg", f"SUPERVISOR={variant}", "-t", image, str(self.dir / "context"),
-            timeout=600, check=False,
+            "build",
+            "--network=host",
+            "--pull=never",
+            "--cgroup-parent",
+            self.cgroup_parent,
+            "-f",
+            str(ROOT / "packaging" / "Dockerfile"),
+            "--build-arg",
+            f"BASE={base}",
+            "--build-arg",
+            f"SUPERVISOR={variant}",
+            "-t",
+            image,
+            str(self.dir / "context"),
+            timeout=600,
+            check=False,
         )
         log.write_text(done.stdout + done.stderr)
         assert done.returncode == 0, f"podman build failed: {_tail(log, 30)}"
@@ -296,8 +333,21 @@ class Lab:
     def run(self, image: str, volume: Optional[Path], name: str, *command: str) -> str:
         mount = ["-v", f"{volume}:/mnt"] if volume is not None else []
         self.podman(
-            "run", "-d", "--name", name, "--network=none", "--cgroupns=host", "--cgroup-parent", self.cgroup_parent,
-            "--memory", str(LIMIT), "--memory-swap", str(LIMIT), *mount, image, *command,
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network=none",
+            "--cgroupns=host",
+            "--cgroup-parent",
+            self.cgroup_parent,
+            "--memory",
+            str(LIMIT),
+            "--memory-swap",
+            str(LIMIT),
+            *mount,
+            image,
+            *command,
         )
         return name
 
@@ -334,8 +384,11 @@ class Lab:
     def _unmount(self) -> None:
         # podman's storage keeps overlay and shm mounts under its --root.
         inside = str(self.dir) + "/"
-        points = [m.mount_point for m in cgroup.parse_mountinfo(Path("/proc/self/mountinfo").read_text())
-                  if m.mount_point.startswith(inside)]
+        points = [
+            m.mount_point
+            for m in cgroup.parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+            if m.mount_point.startswith(inside)
+        ]
         for point in sorted(set(points), key=len, reverse=True):
             if subprocess.run(["umount", point], capture_output=True, timeout=60).returncode != 0:
                 subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
@@ -373,14 +426,21 @@ class Lab:
                     os.rmdir(path)
 
     def leftovers(self) -> list[str]:
-        found = [p for p in (*SIDE_DIRS, *SIDE_FILES, *SIDE_FILE_DIRS)
-                 if os.path.lexists(p) and p not in self.side_before]
-        found += [os.path.join(m.mount_point, self.cgroup_parent.lstrip("/")) for m in _cgroup_mounts()
-                  if os.path.exists(os.path.join(m.mount_point, self.cgroup_parent.lstrip("/")))]
+        found = [
+            p for p in (*SIDE_DIRS, *SIDE_FILES, *SIDE_FILE_DIRS) if os.path.lexists(p) and p not in self.side_before
+        ]
+        found += [
+            os.path.join(m.mount_point, self.cgroup_parent.lstrip("/"))
+            for m in _cgroup_mounts()
+            if os.path.exists(os.path.join(m.mount_point, self.cgroup_parent.lstrip("/")))
+        ]
         if self.dir.exists():
             found.append(str(self.dir))
-        found += [m.mount_point for m in cgroup.parse_mountinfo(Path("/proc/self/mountinfo").read_text())
-                  if m.mount_point.startswith(str(self.dir))]
+        found += [
+            m.mount_point
+            for m in cgroup.parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+            if m.mount_point.startswith(str(self.dir))
+        ]
         return found
 
 
@@ -421,9 +481,14 @@ def _let_go(run: Run) -> None:
     """Let ``start`` go on, once Navi listens (its baseline of the OOM
     counter taken) and ``start`` has run past startsecs."""
     log = run.volume / "log"
-    _wait(lambda: " listening: " in _read(log / "navi.log")
-          and "success: start entered RUNNING state" in _read(log / "supervisord.log"),
-          90, f"Navi to listen and start to run in {run.name}")
+    _wait(
+        lambda: (
+            " listening: " in _read(log / "navi.log")
+            and "success: start entered RUNNING state" in _read(log / "supervisord.log")
+        ),
+        90,
+        f"Navi to listen and start to run in {run.name}",
+    )
     go = run.volume / "tmp" / "go"
     go.touch()
     os.chown(go, MOP_UID, MOP_GID)
@@ -441,8 +506,11 @@ def _observe(lab: Lab, run: Run) -> None:
         with contextlib.suppress(OSError):
             run.process_uids[member] = os.stat(f"/proc/{member}").st_uid
     inside = lab.podman("exec", run.name, "cat", "/proc/self/cgroup").stdout
-    version_line = [line for line in inside.splitlines()
-                    if (host.version == 1 and ":memory:" in line) or (host.version == 2 and line.startswith("0::"))]
+    version_line = [
+        line
+        for line in inside.splitlines()
+        if (host.version == 1 and ":memory:" in line) or (host.version == 2 and line.startswith("0::"))
+    ]
     run.cgroup_inside = version_line[0].split(":", 2)[2] if version_line else ""
     naive = os.path.join("/sys/fs/cgroup", "memory" if host.version == 1 else "", run.cgroup_inside.lstrip("/"))
     run.naive_path_exists = lab.podman("exec", run.name, "test", "-d", naive, check=False).returncode == 0
@@ -490,11 +558,21 @@ def outcome() -> Iterator[Outcome]:
                 runs.append(Run(variant, scenario, lab.run(images[variant], volume, name), volume))
         facts, bare = {}, {}
         for variant, image in images.items():
-            facts[variant] = lab.podman("run", "--rm", "--network=none", "--cgroup-parent", lab.cgroup_parent,
-                                        image, "sh", "-c", FACTS_SCRIPT).stdout
+            facts[variant] = lab.podman(
+                "run", "--rm", "--network=none", "--cgroup-parent", lab.cgroup_parent, image, "sh", "-c", FACTS_SCRIPT
+            ).stdout
             # No volume, no supervisord: nothing Navi needs is there.
-            bare[variant] = lab.podman("run", "--rm", "--network=none", "--cgroup-parent", lab.cgroup_parent,
-                                       image, "navi", "doctor", check=False)
+            bare[variant] = lab.podman(
+                "run",
+                "--rm",
+                "--network=none",
+                "--cgroup-parent",
+                lab.cgroup_parent,
+                image,
+                "navi",
+                "doctor",
+                check=False,
+            )
         for run in runs:
             _let_go(run)
         for run in runs:
@@ -556,8 +634,17 @@ def test_only_mop_wrote_and_only_in_its_places(outcome: Outcome, variant: str, s
     [name] = [p for p in run.owners if p.startswith("notifications/")]
     assert own_name(name.split("/", 1)[1])
     # supervisord removes its socket and pid file when it stops.
-    expected = {"supervisor.conf", "home", "log", "log/supervisord.log", "log/navi.log", "log/start.log",
-                "notifications", name, "tmp"}
+    expected = {
+        "supervisor.conf",
+        "home",
+        "log",
+        "log/supervisord.log",
+        "log/navi.log",
+        "log/start.log",
+        "notifications",
+        name,
+        "tmp",
+    }
     assert set(run.owners) == expected
     written = {path: owner for path, owner in run.owners.items() if path != "supervisor.conf"}
     assert set(written.values()) == {(MOP_UID, MOP_GID)}
@@ -579,8 +666,12 @@ def test_doctor_inside_the_container(outcome: Outcome, variant: str, scenario: s
     assert re.search(rf"^OK +supervisord +supervisord {re.escape(expect_version)}\d+, RUNNING, pid 1,", report, re.M)
     assert re.search(r"^OK +listener +\[eventlistener:navi\] RUNNING", report, re.M)
     assert re.search(r"^OK +notifications +/mnt/notifications: .* 1 notification\(s\) waiting", report, re.M)
-    assert re.search(r"^OK +memory cgroup +v\d at /sys/fs/cgroup\S* \(/proc/self/cgroup names "
-                     rf"{re.escape(run.cgroup_inside)}, which is not a path under the mount", report, re.M)
+    assert re.search(
+        r"^OK +memory cgroup +v\d at /sys/fs/cgroup\S* \(/proc/self/cgroup names "
+        rf"{re.escape(run.cgroup_inside)}, which is not a path under the mount",
+        report,
+        re.M,
+    )
     assert re.search(rf"^OK +memory figures +limit 128.0 MiB, .* oom_kill {run.scenario.oom_kill}$", report, re.M)
     assert re.search(rf"^OK +user +uid {MOP_UID} \(mop\), as supervisord and Navi$", report, re.M)
     assert "filesystem" in report and "overlay mounted at /:" not in report
@@ -605,19 +696,24 @@ def test_image(outcome: Outcome, variant: str) -> None:
 def test_doctor_fails_where_navi_cannot_work(outcome: Outcome, variant: str) -> None:
     done = outcome.bare_doctor[variant]
     assert done.returncode == 1, done.stdout + done.stderr
-    assert re.search(r"^FAIL +supervisord +cannot ask supervisord at unix:///mnt/home/supervisor.sock", done.stdout,
-                     re.M)
-    assert re.search(r"^FAIL +notifications +notifications directory /mnt/notifications: No such file", done.stdout,
-                     re.M)
+    assert re.search(
+        r"^FAIL +supervisord +cannot ask supervisord at unix:///mnt/home/supervisor.sock", done.stdout, re.M
+    )
+    assert re.search(
+        r"^FAIL +notifications +notifications directory /mnt/notifications: No such file", done.stdout, re.M
+    )
     assert "verdict: Navi cannot do its job here" in done.stdout
 
 
 def test_mirror_from_apt_sources() -> None:
-    deb822 = ("Types: deb\n# a comment\nURIs: http://deb.example/debian\nSuites: bookworm bookworm-updates\n"
-              "Components: main\n\nTypes: deb\nURIs: http://sec.example/debian-security\nSuites: bookworm-security\n")
+    deb822 = (
+        "Types: deb\n# a comment\nURIs: http://deb.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n\nTypes: deb\nURIs: http://sec.example/debian-security\nSuites: bookworm-security\n"
+    )
     assert debian_mirror({"a.sources": deb822}, "bookworm") == "http://deb.example/debian"
     assert debian_mirror({"a.sources": deb822}, "trixie") is None
-    one_line = ("deb-src http://src.example/debian bookworm main\n"
-                "deb [arch=amd64] http://m.example/debian bookworm main\n")
+    one_line = (
+        "deb-src http://src.example/debian bookworm main\ndeb [arch=amd64] http://m.example/debian bookworm main\n"
+    )
     assert debian_mirror({"sources.list": one_line}, "bookworm") == "http://m.example/debian"
     assert debian_mirror({"sources.list": "deb http://m.example/debian bookworm-updates main\n"}, "bookworm") is None

@@ -172,8 +172,12 @@ def test_two_consumers_claiming_the_same_files_each_file_goes_to_exactly_one(tmp
     serials = list(range(1, 201))
     publish(d, *serials)
     navi = [sys.executable, "-m", "navi"]
-    racers = [subprocess.Popen([*navi, "ack", "--all", "--json", str(d)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    racers = [
+        subprocess.Popen(
+            [*navi, "ack", "--all", "--json", str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [r.communicate(timeout=120) for r in racers]
     won = [[json.loads(line) for line in out.splitlines()] for out, _ in outputs]
     files = [{w["file"] for w in lines} for lines in won]
@@ -300,19 +304,29 @@ def test_ls_lists_in_order_and_reports_the_rest_on_stderr(hostile: Path, capsys:
     assert lines[0].split() == ["time", "(UTC)", "type", "program", "exit", "count", "file", "summary"]
     for line, serial in zip(lines[1:], (1, 3)):
         n = sample(serial)
-        assert line.split()[:8] == [f"{n.time:%Y-%m-%d}", f"{n.time:%H:%M:%S.%f}"[:-3], "crash", "web", "code", "3",
-                                    "1", name_of(serial)]
+        assert line.split()[:8] == [
+            f"{n.time:%Y-%m-%d}",
+            f"{n.time:%H:%M:%S.%f}"[:-3],
+            "crash",
+            "web",
+            "code",
+            "3",
+            "1",
+            name_of(serial),
+        ]
         assert line.endswith(n.summary)
     assert len(lines) == 3
     assert sorted(line.split(".json: ")[0] + ".json" for line in err.splitlines()) == sorted(
-        f"navi: skipped {hostile / name}" for name in EXPECTED_PROBLEMS)
+        f"navi: skipped {hostile / name}" for name in EXPECTED_PROBLEMS
+    )
 
 
 def test_ls_json_and_show(hostile: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["ls", "--json", str(hostile)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["dir"], r["file"], r["claimed"]) for r in lines] == [
-        (str(hostile), str(hostile / name_of(s)), None) for s in (1, 3)]
+        (str(hostile), str(hostile / name_of(s)), None) for s in (1, 3)
+    ]
     assert [r["notification"] for r in lines] == [json.loads(sample(s).to_json()) for s in (1, 3)]
 
     assert cli.main(["show", str(hostile / name_of(3))]) == 0

@@ -18,10 +18,12 @@ def test_doctor_next_to_real_supervisord(sandbox: SandboxFactory) -> None:
     assert done.stderr == ""
     assert report_line(report, OK, "supervisord").startswith("supervisord 4.")
     assert report_line(report, OK, "listener").startswith(
-        f"[eventlistener:navi] RUNNING, pid {box.spawned_pids('navi')[0]}")
+        f"[eventlistener:navi] RUNNING, pid {box.spawned_pids('navi')[0]}"
+    )
     assert report_line(report, OK, "main log").startswith(f"readLog at unix://{box.socket}: ")
     assert report_line(report, OK, "notifications").startswith(
-        f"{box.notifications}: written and removed a 4.0 KiB probe; 0 notification(s) waiting")
+        f"{box.notifications}: written and removed a 4.0 KiB probe; 0 notification(s) waiting"
+    )
     assert set(os.listdir(box.notifications)) == before  # the probe is gone
     if has_memory_cgroup():
         own = cgroup.locate()

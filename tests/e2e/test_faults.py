@@ -80,8 +80,9 @@ def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
     path.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a tiny tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "navi-test", str(path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "navi-test", str(path)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         reason = f"cannot mount a tmpfs here: {done.stderr.strip()}"
         print(f"SKIP: {reason}")
@@ -92,9 +93,7 @@ def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", str(path)], check=True)
 
 
-def test_a_full_disk_holds_notifications_until_space_returns(
-    sandbox: SandboxFactory, scratch_dir: Path
-) -> None:
+def test_a_full_disk_holds_notifications_until_space_returns(sandbox: SandboxFactory, scratch_dir: Path) -> None:
     with tiny_tmpfs(scratch_dir / "notifications", "64k") as spool:
         filler = spool / "filler"
         fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
@@ -102,8 +101,10 @@ def test_a_full_disk_holds_notifications_until_space_returns(
             while True:
                 os.write(fd, b"x" * 512)
         os.close(fd)
-        box = sandbox(program("a", triggered("a", "exit 3")) + program("b", triggered("b", "exit 4")),
-                      env={"NAVI_NOTIFICATIONS_DIR": str(spool)})
+        box = sandbox(
+            program("a", triggered("a", "exit 3")) + program("b", triggered("b", "exit 4")),
+            env={"NAVI_NOTIFICATIONS_DIR": str(spool)},
+        )
         try:
             box.wait_states({"a": "RUNNING", "b": "RUNNING"})
             box.trigger("a")
@@ -114,9 +115,7 @@ def test_a_full_disk_holds_notifications_until_space_returns(
             filler.unlink()
             box.wait_for(lambda: len(list(spool.glob("[!.]*.json"))) == 2, 20, "both notifications once there is room")
             found = box.check_files(spool)
-            assert [(n["process"]["name"], n["exit"]["code"], n["count"]) for n in found] == [
-                ("a", 3, 1), ("b", 4, 1)
-            ]
+            assert [(n["process"]["name"], n["exit"]["code"], n["count"]) for n in found] == [("a", 3, 1), ("b", 4, 1)]
             assert "writing notifications again" in box.log("navi.log")
             box.check_healthy(expect_errors=True)
         finally:

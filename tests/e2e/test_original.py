@@ -76,6 +76,9 @@ def test_original_names_take_the_next_free_second(tmp_path: Path) -> None:
         name = original_name(datetime.fromtimestamp(1764031768.9).astimezone())
         assert name == "1764031768.json"
         assert [spool.publish(name, b"{}\n", None) for _ in range(3)] == [
-            "1764031768.json", "1764031769.json", "1764031770.json"]
+            "1764031768.json",
+            "1764031769.json",
+            "1764031770.json",
+        ]
     finally:
         spool.close()

@@ -31,8 +31,10 @@ def family() -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(["sh", "-c", f"sleep 60 & {shlex.quote(sys.executable)} -c {shlex.quote(hog)} & wait"])
     try:
         deadline = time.monotonic() + 10
-        while len(psutil.Process(proc.pid).children(recursive=True)) < 2 or max(
-                c.memory_info().rss for c in psutil.Process(proc.pid).children()) < 32 << 20:
+        while (
+            len(psutil.Process(proc.pid).children(recursive=True)) < 2
+            or max(c.memory_info().rss for c in psutil.Process(proc.pid).children()) < 32 << 20
+        ):
             assert time.monotonic() < deadline, "the children did not start"
             time.sleep(0.05)
         yield proc

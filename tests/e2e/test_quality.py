@@ -21,3 +21,8 @@ def test_mypy_strict() -> None:
 def test_ruff() -> None:
     done = run("ruff", "check", "navi", "tests", "bench")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ruff_format() -> None:
+    done = run("ruff", "format", "--check", "navi", "tests", "bench")
+    assert done.returncode == 0, done.stdout + done.stderr

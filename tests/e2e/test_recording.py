@@ -62,8 +62,11 @@ def test_a_recording_of_real_supervisord_replays_to_the_same_notifications(
     )
     real = box.wait_notifications(5)
     box.stop_program("sleeper")
-    box.wait_for(lambda: "processname:sleeper groupname:sleeper from_state:STOPPING" in recording.read_text(), 20,
-                 "the recording of sleeper's stop")
+    box.wait_for(
+        lambda: "processname:sleeper groupname:sleeper from_state:STOPPING" in recording.read_text(),
+        20,
+        "the recording of sleeper's stop",
+    )
     box.check_healthy()  # the recorder never broke the protocol either: no UNKNOWN in the log
     assert "ERROR" not in box.log("recorder.log"), box.log("recorder.log")
     recorded = parse(recording.read_text())
@@ -78,10 +81,22 @@ def test_a_recording_of_real_supervisord_replays_to_the_same_notifications(
         replayed = notifications(world)
 
     def key(n: dict[str, Any]) -> tuple[Any, ...]:
-        return (n["Header"]["serial"], n["type"], n["process"]["name"], n["process"]["pid"], n["exit"]["code"],
-                n["exit"]["signal"], n["exit"]["during_startup"], n["exit"]["log_line"])
+        return (
+            n["Header"]["serial"],
+            n["type"],
+            n["process"]["name"],
+            n["process"]["pid"],
+            n["exit"]["code"],
+            n["exit"]["signal"],
+            n["exit"]["during_startup"],
+            n["exit"]["log_line"],
+        )
 
     assert [key(n) for n in replayed] == [key(n) for n in real]
     assert sorted((n["type"], n["process"]["name"]) for n in real) == [
-        ("crash", "exits-3"), ("crash", "fails-at-start"), ("crash", "fails-at-start"), ("crash", "killed"),
-        ("fatal", "fails-at-start")]
+        ("crash", "exits-3"),
+        ("crash", "fails-at-start"),
+        ("crash", "fails-at-start"),
+        ("crash", "killed"),
+        ("fatal", "fails-at-start"),
+    ]

@@ -32,8 +32,12 @@ if TYPE_CHECKING:
 
 PROCESSES = [f"storm_{n}" for n in range(4)]
 STORM = program(
-    "storm", "sh -c 'sleep 0.3; exit 1'", numprocs=len(PROCESSES),
-    process_name="%(program_name)s_%(process_num)s", startsecs=0, autorestart="true",
+    "storm",
+    "sh -c 'sleep 0.3; exit 1'",
+    numprocs=len(PROCESSES),
+    process_name="%(program_name)s_%(process_num)s",
+    startsecs=0,
+    autorestart="true",
 )
 # Written after 1 s of quiet (at the next TICK_5) instead of 10 s, so the end
 # of the storm comes sooner; the wait below is bounded either way.
@@ -94,9 +98,11 @@ class StormResult:
         return found
 
     def line(self) -> str:
-        return (f"seed {self.seed}: incidents {self.incidents}, counted {self.counted}, files {self.files}, "
-                f"bytes {self.bytes}, kills {self.kills} ({self.kills_during_startup} during start-up), "
-                f"{self.seconds:.0f} s")
+        return (
+            f"seed {self.seed}: incidents {self.incidents}, counted {self.counted}, files {self.files}, "
+            f"bytes {self.bytes}, kills {self.kills} ({self.kills_during_startup} during start-up), "
+            f"{self.seconds:.0f} s"
+        )
 
     def report(self) -> str:
         names = sorted(set(self.expected_by_program) | set(self.counted_by_program))
@@ -106,11 +112,16 @@ class StormResult:
             for name in names
         ]
         delays = " ".join(f"{d:.2f}" for d in self.delays)
-        return "\n".join([
-            *self.failures(), self.line(), *table,
-            f"replay with NAVI_TEST_SEED={self.seed}; kill delays after each spawn (s): {delays}",
-            "navi.log, its end:", self.navi_log_tail,
-        ])
+        return "\n".join(
+            [
+                *self.failures(),
+                self.line(),
+                *table,
+                f"replay with NAVI_TEST_SEED={self.seed}; kill delays after each spawn (s): {delays}",
+                "navi.log, its end:",
+                self.navi_log_tail,
+            ]
+        )
 
 
 def navi_pid(box: E2ESandbox) -> int:
@@ -160,11 +171,13 @@ def kill_navi_repeatedly(box: E2ESandbox, rng: random.Random, kills: int) -> tup
             if len(navi_log) >= log_mark and "listening" not in navi_log[log_mark:]:
                 during_startup += 1
         try:
-            spawned: list[int] = box.wait_for(functools.partial(spawns_after, box, seen), RESPAWN_TIMEOUT,
-                                              "navi to be respawned")
+            spawned: list[int] = box.wait_for(
+                functools.partial(spawns_after, box, seen), RESPAWN_TIMEOUT, "navi to be respawned"
+            )
         except TimeoutError:
-            problems.append(f"navi not respawned within {RESPAWN_TIMEOUT} s after kill {len(delays)}: "
-                            f"{box.status().get('navi')}")
+            problems.append(
+                f"navi not respawned within {RESPAWN_TIMEOUT} s after kill {len(delays)}: {box.status().get('navi')}"
+            )
             break
         seen += len(spawned)
         pid = spawned[-1]
@@ -263,12 +276,22 @@ def run_storm(box: E2ESandbox, rng: random.Random, kills: int = KILLS, seed: Opt
     if "Traceback" in navi_logs:
         problems.append("a Traceback in navi.log")
     return StormResult(
-        seed=seed, incidents=incidents, counted=counted, files=len(files), bytes=sum(s for _, s in files),
-        kills=len(delays), kills_during_startup=during_startup,
-        expected_by_program=expected, counted_by_program={**dict.fromkeys(expected, 0), **counted_by},
-        files_by_program=files_by, bytes_by_program=bytes_by, delays=delays,
-        navi_state=box.status().get("navi", "?"), seconds=time.monotonic() - began,
-        problems=problems, navi_log_tail=box.log("navi.log")[-3000:],
+        seed=seed,
+        incidents=incidents,
+        counted=counted,
+        files=len(files),
+        bytes=sum(s for _, s in files),
+        kills=len(delays),
+        kills_during_startup=during_startup,
+        expected_by_program=expected,
+        counted_by_program={**dict.fromkeys(expected, 0), **counted_by},
+        files_by_program=files_by,
+        bytes_by_program=bytes_by,
+        delays=delays,
+        navi_state=box.status().get("navi", "?"),
+        seconds=time.monotonic() - began,
+        problems=problems,
+        navi_log_tail=box.log("navi.log")[-3000:],
     )
 
 
@@ -316,8 +339,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 leftovers = kill_leftovers(ours)
             failures = result.failures() + ([f"leftover processes killed: {leftovers}"] if leftovers else [])
             failed += bool(failures)
-            print(f"run {run + 1}: {result.line()}" + (f"  FAIL: {'; '.join(failures)}" if failures else "  ok"),
-                  flush=True)
+            print(
+                f"run {run + 1}: {result.line()}" + (f"  FAIL: {'; '.join(failures)}" if failures else "  ok"),
+                flush=True,
+            )
     finally:
         for hog in hogs:
             hog.kill()

@@ -31,9 +31,7 @@ def drain(box: E2ESandbox, settled: dict[str, str]) -> list[dict[str, Any]]:
     last one)."""
     box.wait_states(settled)
     box.trigger("marker")
-    box.wait_for(
-        lambda: any(n["process"]["name"] == "marker" for n in box.notifications_list()), 20, "marker"
-    )
+    box.wait_for(lambda: any(n["process"]["name"] == "marker" for n in box.notifications_list()), 20, "marker")
     found = box.check_files()
     assert found[-1]["process"]["name"] == "marker", found
     assert found[-1]["exit"]["code"] == 99
@@ -112,8 +110,7 @@ def test_sigsegv_with_core_dump(sandbox: SandboxFactory) -> None:
     if not pattern or pattern.startswith("|") or "/" in pattern:
         pytest.skip(f"core_pattern {pattern!r} does not write a core file into the working directory")
     box = sandbox(
-        program("dumper", triggered("dumper", "ulimit -c unlimited; kill -SEGV $$"), directory="{mnt}/home")
-        + MARKER
+        program("dumper", triggered("dumper", "ulimit -c unlimited; kill -SEGV $$"), directory="{mnt}/home") + MARKER
     )
     box.wait_states({"dumper": "RUNNING", "marker": "RUNNING"})
     pid = box.pid("dumper")
@@ -212,7 +209,10 @@ def test_fatal_after_startretries(sandbox: SandboxFactory) -> None:
     for n, pid, tries in zip(found, pids, ("1", "2", "3")):
         assert n["Header"]["eventname"] == "PROCESS_STATE_BACKOFF"
         assert n["Metadata"] == {
-            "processname": "failer", "groupname": "failer", "from_state": "STARTING", "tries": tries,
+            "processname": "failer",
+            "groupname": "failer",
+            "from_state": "STARTING",
+            "tries": tries,
         }
         assert n["process"] == {"name": "failer", "group": "failer", "pid": pid}
         assert n["exit"]["code"] == 1
@@ -234,11 +234,7 @@ def test_fatal_after_startretries(sandbox: SandboxFactory) -> None:
 def test_non_ascii_program_name_keeps_the_stream_in_sync(sandbox: SandboxFactory) -> None:
     # supervisor 4 counts len in characters: "ë" is one character but two
     # bytes; a byte-counting reader would desync and stall on what follows.
-    box = sandbox(
-        program("wëb", triggered("web", "exit 3"))
-        + program("after", triggered("after", "exit 4"))
-        + MARKER
-    )
+    box = sandbox(program("wëb", triggered("web", "exit 3")) + program("after", triggered("after", "exit 4")) + MARKER)
     box.wait_states({"wëb": "RUNNING", "after": "RUNNING", "marker": "RUNNING"})
     web_pid, after_pid = box.pid("wëb"), box.pid("after")
     box.trigger("web")
@@ -309,8 +305,7 @@ def test_missing_notifications_dir(sandbox: SandboxFactory, scratch_dir: Path) -
     box.trigger("second")
     box.wait_states({"second": "EXITED"})
     # The second is written at once; the first at the next TICK_5.
-    box.wait_for(lambda: len(list(later.glob("[!.]*.json"))) == 2, 20,
-                 "both crashes' notifications")
+    box.wait_for(lambda: len(list(later.glob("[!.]*.json"))) == 2, 20, "both crashes' notifications")
     found = box.check_files(later)
     assert [(n["process"]["name"], n["exit"]["code"], n["count"]) for n in found] == [("first", 3, 1), ("second", 5, 1)]
     assert "writing notifications again" in box.log("navi.log")

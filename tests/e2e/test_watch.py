@@ -73,12 +73,16 @@ def test_planted_entries_are_said_once_and_a_gone_directory_dropped(
     publish(d, 1)
     c.wait_for(count(1), "the notification")
     shutil.rmtree(tmp_path / "c1")
-    c.wait_for(lambda items: any(isinstance(i, Notice) and i.text.startswith("stopped watching") for i in items),
-               "the directory to be dropped")
+    c.wait_for(
+        lambda items: any(isinstance(i, Notice) and i.text.startswith("stopped watching") for i in items),
+        "the directory to be dropped",
+    )
     c.stop()
     problems = sorted((p.name, p.reason) for p in c.items if isinstance(p, Problem))
-    assert problems == [("evil.json", "a symbolic link (never followed), not a regular file"),
-                        ("fifo.json", "a FIFO, not a regular file")]  # said once, however often it looked
+    assert problems == [
+        ("evil.json", "a symbolic link (never followed), not a regular file"),
+        ("fifo.json", "a FIFO, not a regular file"),
+    ]  # said once, however often it looked
     assert [f.notification for f in c.found()] == [sample(1)]
 
 
@@ -123,9 +127,20 @@ def test_the_command_prints_json_lines_and_ends_cleanly_on_a_signal(tmp_path: Pa
     d.mkdir(parents=True)
     publish(d, 1)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "navi", "watch", "--json", "--ack", "--rescan", "0.2",
-         str(tmp_path / "*" / "notifications")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "navi",
+            "watch",
+            "--json",
+            "--ack",
+            "--rescan",
+            "0.2",
+            str(tmp_path / "*" / "notifications"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -142,9 +157,12 @@ def test_the_command_prints_json_lines_and_ends_cleanly_on_a_signal(tmp_path: Pa
     assert f"navi: watching {d} (" in err
     assert "Traceback" not in err
     for line, serial in ((first, 1), (second, 2)):
-        assert line == {"dir": str(d), "file": str(d / name_of(serial)),
-                        "claimed": str(d / ".claimed" / name_of(serial)),
-                        "notification": json.loads(sample(serial).to_json())}
+        assert line == {
+            "dir": str(d),
+            "file": str(d / name_of(serial)),
+            "claimed": str(d / ".claimed" / name_of(serial)),
+            "notification": json.loads(sample(serial).to_json()),
+        }
 
 
 # The real listener, under real supervisord.
@@ -170,7 +188,9 @@ def test_watch_gives_what_the_real_listener_writes(
     found = c.found()
     assert [f.document for f in found] == files
     assert [(f.notification.process.name, f.notification.exit.code, f.notification.exit.signal) for f in found] == [
-        ("crashes", 3, None), ("dies", None, "SIGSEGV")]
+        ("crashes", 3, None),
+        ("dies", None, "SIGSEGV"),
+    ]
     assert all(f.directory == str(box.notifications) for f in found)
 
 
@@ -188,8 +208,11 @@ def test_claiming_what_the_real_listener_writes(sandbox: SandboxFactory, collect
     assert [p.name for p in box.notifications.iterdir() if not p.name.startswith(".")] == []
     # Navi is untroubled by the claim directory beside its files.
     assert box.status().get("navi") == "RUNNING"
-    errors = [line for line in box.log("navi.log").splitlines()
-              if "ERROR" in line and not line.endswith("OOM kills will be reported as crashes")]
+    errors = [
+        line
+        for line in box.log("navi.log").splitlines()
+        if "ERROR" in line and not line.endswith("OOM kills will be reported as crashes")
+    ]
     assert errors == []
 
 
@@ -197,8 +220,12 @@ def test_a_notification_that_cannot_be_printed_is_put_back(tmp_path: Path) -> No
     """The log shipper reading the pipe died: the claimed notification being
     printed goes back into the directory, for the next watcher."""
     publish(tmp_path, 1)
-    proc = subprocess.Popen([sys.executable, "-m", "navi", "watch", "--json", "--ack", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "navi", "watch", "--json", "--ack", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None and proc.stderr is not None
         assert json.loads(proc.stdout.readline())["file"] == str(tmp_path / name_of(1))

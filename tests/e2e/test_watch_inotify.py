@@ -21,8 +21,9 @@ from tests.helpers import WAIT, Collector, count, inotify_works, name_of, publis
 def start(directory: Path, collectors: list[Collector]) -> Collector:
     c = Collector(Watch([str(directory)], interval=0.1, rescan=0.2))
     collectors.append(c)
-    c.wait_for(lambda items: any(isinstance(i, Notice) and i.text.startswith("watching") for i in items),
-               "the watch to start")
+    c.wait_for(
+        lambda items: any(isinstance(i, Notice) and i.text.startswith("watching") for i in items), "the watch to start"
+    )
     return c
 
 
@@ -65,8 +66,10 @@ def test_no_watch_left_polls_that_directory(
     publish(tmp_path, 1)
     c.wait_for(count(1), "the notification, by polling")
     c.stop()
-    assert c.notices() == [f"{tmp_path}: inotify_add_watch: No space left on device (fs.inotify.max_user_watches): "
-                           "polling it every 0.1 s", f"watching {tmp_path} (polling every 0.1 s)"]
+    assert c.notices() == [
+        f"{tmp_path}: inotify_add_watch: No space left on device (fs.inotify.max_user_watches): polling it every 0.1 s",
+        f"watching {tmp_path} (polling every 0.1 s)",
+    ]
 
 
 class _Overflowing:

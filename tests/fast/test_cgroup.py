@@ -1,4 +1,5 @@
 """Tests for navi.listener.cgroup on file trees that copy the kernel's formats exactly."""
+
 from __future__ import annotations
 
 import os
@@ -35,16 +36,19 @@ HOST_MOUNTINFO = """22 27 0:21 / /proc rw,relatime - proc proc rw
 PODMAN_CGROUP = "4:memory:/libpod_parent/libpod-abc\n0::/\n"
 PODMAN_MOUNTINFO = (
     "611 603 0:32 /libpod_parent/libpod-abc /sys/fs/cgroup/memory "
-    "ro,nosuid,nodev,noexec,relatime master:15 - cgroup cgroup rw,memory\n")
-V2_MOUNTINFO = ("35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9"
-                " - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n")
+    "ro,nosuid,nodev,noexec,relatime master:15 - cgroup cgroup rw,memory\n"
+)
+V2_MOUNTINFO = (
+    "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9"
+    " - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n"
+)
 V1_FILES = {
     "memory.limit_in_bytes": "9223372036854771712\n",
     "memory.usage_in_bytes": "3465216\n",
     "memory.max_usage_in_bytes": "5918720\n",
     "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
     "memory.stat": "cache 9682944\nrss 3944448\nhierarchical_memory_limit "
-                   "9223372036854771712\nhierarchical_memsw_limit 9223372036854771712\n",
+    "9223372036854771712\nhierarchical_memsw_limit 9223372036854771712\n",
 }
 V2_FILES = {
     "memory.max": "536870912\n",
@@ -56,8 +60,7 @@ V2_FILES = {
 }
 
 
-def make_tree(tmp: Path, proc_cgroup: str, mountinfo: str,
-              files: dict[str, str]) -> tuple[str, str]:
+def make_tree(tmp: Path, proc_cgroup: str, mountinfo: str, files: dict[str, str]) -> tuple[str, str]:
     """A fake /proc and /sys/fs/cgroup; `files` are relative to the cgroup root."""
     (tmp / "proc" / "self").mkdir(parents=True)
     (tmp / "proc" / "self" / "cgroup").write_text(proc_cgroup)
@@ -80,6 +83,7 @@ def kernel_escape(path: str) -> str:
 
 # ---- pure parsers -----------------------------------------------------------
 
+
 def test_parse_proc_cgroup_hybrid() -> None:
     lines = cgroup.parse_proc_cgroup(HOST_CGROUP + "7:cpu,cpuacct:/a:b\ngarbage\n")
     assert lines[5] == cgroup.CgroupLine(4, ("memory",), "/process_api/abc")
@@ -90,20 +94,25 @@ def test_parse_proc_cgroup_hybrid() -> None:
 
 
 def test_parse_mountinfo_proc5_example() -> None:
-    text = ("36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n"
-            "37 35 0:5 / /x rw shared:2 master:3 - cgroup cgroup rw,memory\nshort line\n")
+    text = (
+        "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n"
+        "37 35 0:5 / /x rw shared:2 master:3 - cgroup cgroup rw,memory\nshort line\n"
+    )
     first, second = cgroup.parse_mountinfo(text)
     assert first == cgroup.Mount("/mnt1", "/mnt2", "ext3", ("rw", "errors=continue"))
     assert second.super_options == ("rw", "memory")
 
 
-@pytest.mark.parametrize(("text", "version", "expected"), [
-    ("9223372036854771712\n", 1, None),
-    ("9223372036854710272\n", 1, None),  # 64 KiB pages round differently
-    ("67108864\n", 1, 67108864),
-    ("max\n", 2, None),
-    ("536870912\n", 2, 536870912),
-])
+@pytest.mark.parametrize(
+    ("text", "version", "expected"),
+    [
+        ("9223372036854771712\n", 1, None),
+        ("9223372036854710272\n", 1, None),  # 64 KiB pages round differently
+        ("67108864\n", 1, 67108864),
+        ("max\n", 2, None),
+        ("536870912\n", 2, 536870912),
+    ],
+)
 def test_parse_limit(text: str, version: int, expected: int | None) -> None:
     assert cgroup.parse_limit(text, version) == expected
 
@@ -113,8 +122,10 @@ def test_parse_limit_rejects_garbage() -> None:
         cgroup.parse_limit("max\n", 1)
 
 
-@given(st.data(), st.dictionaries(st.from_regex(r"[a-z_]{1,20}", fullmatch=True),
-                                  st.integers(min_value=0, max_value=2**64)))
+@given(
+    st.data(),
+    st.dictionaries(st.from_regex(r"[a-z_]{1,20}", fullmatch=True), st.integers(min_value=0, max_value=2**64)),
+)
 def test_flat_keyed_round_trip(data: st.DataObject, values: dict[str, int]) -> None:
     lines = [f"{k} {v}" for k, v in values.items()] + ["future_key not_a_number"]
     text = "\n".join(data.draw(st.permutations(lines))) + "\n"
@@ -123,20 +134,20 @@ def test_flat_keyed_round_trip(data: st.DataObject, values: dict[str, int]) -> N
     assert cgroup.parse_flat_keyed(text) == expected
 
 
-@given(st.text(st.characters(blacklist_characters="\x00"), min_size=1),
-       st.text(st.characters(blacklist_characters="\x00"), min_size=1))
+@given(
+    st.text(st.characters(blacklist_characters="\x00"), min_size=1),
+    st.text(st.characters(blacklist_characters="\x00"), min_size=1),
+)
 def test_mountinfo_unescapes_any_path(root: str, mount_point: str) -> None:
-    line = (f"36 35 98:0 {kernel_escape(root)} {kernel_escape(mount_point)} rw master:1"
-            " - cgroup cgroup rw,memory\n")
-    assert cgroup.parse_mountinfo(line) == [
-        cgroup.Mount(root, mount_point, "cgroup", ("rw", "memory"))]
+    line = f"36 35 98:0 {kernel_escape(root)} {kernel_escape(mount_point)} rw master:1 - cgroup cgroup rw,memory\n"
+    assert cgroup.parse_mountinfo(line) == [cgroup.Mount(root, mount_point, "cgroup", ("rw", "memory"))]
 
 
 # ---- locate -----------------------------------------------------------------
 
+
 def test_locate_v1_host(tmp_path: Path) -> None:
-    proc, root = make_tree(tmp_path, HOST_CGROUP, HOST_MOUNTINFO,
-                           under("memory/process_api/abc", V1_FILES))
+    proc, root = make_tree(tmp_path, HOST_CGROUP, HOST_MOUNTINFO, under("memory/process_api/abc", V1_FILES))
     found = cgroup.locate(proc, root)
     assert found == MemoryCgroup(1, f"{root}/memory/process_api/abc", "/process_api/abc")
 
@@ -166,8 +177,7 @@ def test_locate_prefers_longest_mount_root(tmp_path: Path) -> None:
     mem2 = tmp_path / "mem2"
     mem2.mkdir()
     mountinfo = HOST_MOUNTINFO + PODMAN_MOUNTINFO.replace("/sys/fs/cgroup/memory", str(mem2))
-    proc, root = make_tree(tmp_path, PODMAN_CGROUP, mountinfo,
-                           under("memory/libpod_parent/libpod-abc", V1_FILES))
+    proc, root = make_tree(tmp_path, PODMAN_CGROUP, mountinfo, under("memory/libpod_parent/libpod-abc", V1_FILES))
     assert cgroup.locate(proc, root).path == str(mem2)
 
 
@@ -177,8 +187,9 @@ def test_locate_v2_pure(tmp_path: Path) -> None:
 
 
 def test_locate_v2_nested(tmp_path: Path) -> None:
-    proc, root = make_tree(tmp_path, "0::/system.slice/app.service\n", V2_MOUNTINFO,
-                           under("system.slice/app.service", V2_FILES))
+    proc, root = make_tree(
+        tmp_path, "0::/system.slice/app.service\n", V2_MOUNTINFO, under("system.slice/app.service", V2_FILES)
+    )
     found = cgroup.locate(proc, root)
     nested = "/system.slice/app.service"
     assert found == MemoryCgroup(2, f"{root}{nested}", nested)
@@ -205,13 +216,13 @@ def test_locate_no_memory_anywhere(tmp_path: Path) -> None:
         cgroup.locate(proc, root)
     assert str(info.value) == (
         "no memory cgroup: /proc/self/cgroup lists no memory controller and the "
-        f"cgroup2 directory {root}/unified has no memory.current")
+        f"cgroup2 directory {root}/unified has no memory.current"
+    )
 
 
 @pytest.mark.parametrize("path", ["/libpod_parent/other", "/libpod_parent/libpod-abcd"])
 def test_locate_cgroup_outside_mount_is_an_error(tmp_path: Path, path: str) -> None:
-    proc, root = make_tree(tmp_path, f"4:memory:{path}\n", PODMAN_MOUNTINFO,
-                           under("memory", V1_FILES))
+    proc, root = make_tree(tmp_path, f"4:memory:{path}\n", PODMAN_MOUNTINFO, under("memory", V1_FILES))
     with pytest.raises(CgroupError, match="is outside the cgroup v1 mount"):
         cgroup.locate(proc, root)
 
@@ -226,11 +237,13 @@ def test_locate_missing_directory(tmp_path: Path) -> None:
     proc, root = make_tree(tmp_path, HOST_CGROUP, HOST_MOUNTINFO, {})
     with pytest.raises(CgroupError) as info:
         cgroup.locate(proc, root)
-    assert str(info.value) == (f"cannot open memory cgroup directory {root}/memory/process_api"
-                               "/abc: No such file or directory")
+    assert str(info.value) == (
+        f"cannot open memory cgroup directory {root}/memory/process_api/abc: No such file or directory"
+    )
 
 
 # ---- read -------------------------------------------------------------------
+
 
 def snapshot(tmp_path: Path, version: int, files: dict[str, str]) -> cgroup.MemorySnapshot:
     for name, text in files.items():
@@ -258,8 +271,7 @@ def test_read_v1_kernel_without_oom_kill(tmp_path: Path) -> None:
     old = "oom_kill_disable 0\nunder_oom 0\n"
     snap = snapshot(tmp_path, 1, {**V1_FILES, "memory.oom_control": old})
     assert (snap.oom_kill, snap.usage_bytes) == (None, 3465216)
-    assert snap.problems == (
-        "memory.oom_control has no oom_kill counter (kernel older than 4.13)",)
+    assert snap.problems == ("memory.oom_control has no oom_kill counter (kernel older than 4.13)",)
 
 
 def test_read_v2(tmp_path: Path) -> None:
@@ -327,6 +339,7 @@ def test_read_unknown_version(tmp_path: Path) -> None:
 
 
 # ---- this machine -----------------------------------------------------------
+
 
 def test_real_machine() -> None:
     try:

@@ -21,9 +21,13 @@ def backoff(name: str = "web", serial: int = 1) -> Event:
 
 
 def evidence(how: Optional[str] = "exit status 3", oom_kill: Optional[int] = 0) -> Evidence:
-    return Evidence(observed_at=NOW, exit=record(how) if how else None,
-                    exit_problem=None if how else "supervisord has no main log file",
-                    oom_kill=oom_kill, memory=memory(oom_kill))
+    return Evidence(
+        observed_at=NOW,
+        exit=record(how) if how else None,
+        exit_problem=None if how else "supervisord has no main log file",
+        oom_kill=oom_kill,
+        memory=memory(oom_kill),
+    )
 
 
 @pytest.mark.parametrize(
@@ -93,8 +97,9 @@ def test_two_kills_are_claimed_by_two_deaths() -> None:
 
 def test_two_sigkills_and_one_kill_is_said_to_be_ambiguous() -> None:
     c = Classifier(ORIGIN, oom_baseline=0)
-    ev = Evidence(observed_at=NOW, exit=record("terminated by SIGKILL"), oom_kill=1, memory=memory(1),
-                  sigkills_waiting=1)
+    ev = Evidence(
+        observed_at=NOW, exit=record("terminated by SIGKILL"), oom_kill=1, memory=memory(1), sigkills_waiting=1
+    )
     first = c.decide(exited(serial=1), ev)
     assert first is not None and first.type == "oom"
     assert any("does not say which process it killed" in note for note in first.notes)
@@ -118,8 +123,9 @@ def test_a_childs_kill_is_the_containers_at_once() -> None:
     assert [(p.name, p.rss_bytes) for p in n.memory.programs] == [("web", 150 << 20), ("worker", 20 << 20)]
     assert "no supervised program died" in n.summary and "largest program: web (150.0 MiB)" in n.summary
     assert n.header["eventname"] == "TICK_5"
-    later = Evidence(observed_at=NOW + timedelta(minutes=3), exit=record("terminated by SIGKILL"),
-                     oom_kill=1, memory=memory(1))
+    later = Evidence(
+        observed_at=NOW + timedelta(minutes=3), exit=record("terminated by SIGKILL"), oom_kill=1, memory=memory(1)
+    )
     crash = c.decide(exited(), later)
     assert crash is not None and crash.type == "crash"
 
@@ -146,8 +152,7 @@ def test_another_signal_never_claims_a_kill() -> None:
 
 def test_a_plain_exit_leaves_the_kill_to_a_waiting_sigkilled_program() -> None:
     c = Classifier(ORIGIN, oom_baseline=0)
-    ev = Evidence(observed_at=NOW, exit=record("exit status 3"), oom_kill=1, memory=memory(1),
-                  sigkills_waiting=1)
+    ev = Evidence(observed_at=NOW, exit=record("exit status 3"), oom_kill=1, memory=memory(1), sigkills_waiting=1)
     n = c.decide(exited(serial=1), ev)
     assert n is not None and n.type == "crash"
     assert any("left to it" in note for note in n.notes)
@@ -227,8 +232,12 @@ def test_no_counter_means_crash_with_evidence_never_a_guess(
 
 
 def test_no_memory_cgroup() -> None:
-    ev = Evidence(observed_at=NOW, exit=record("terminated by SIGKILL"), memory=None,
-                  memory_problem="cannot read /proc/self/cgroup: Permission denied")
+    ev = Evidence(
+        observed_at=NOW,
+        exit=record("terminated by SIGKILL"),
+        memory=None,
+        memory_problem="cannot read /proc/self/cgroup: Permission denied",
+    )
     n = Classifier(ORIGIN, oom_baseline=None).decide(exited(), ev)
     assert n is not None and n.type == "crash" and n.memory is None
     assert any("Permission denied" in x and "cannot be told" in x for x in n.notes)
@@ -263,9 +272,15 @@ def test_json_has_the_required_keys() -> None:
     assert set(doc) >= {"schema", "id", "type", "time", "process", "exit", "Header", "Metadata"}
 
 
-@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["terminated by SIGKILL", "exit status 137",
-                                                               "terminated by SIGSEGV", "exit status 3"])),
-                max_size=30))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.sampled_from(["terminated by SIGKILL", "exit status 137", "terminated by SIGSEGV", "exit status 3"]),
+        ),
+        max_size=30,
+    )
+)
 def test_each_kill_is_claimed_at_most_once_and_never_by_another_signal(deaths: list[tuple[int, str]]) -> None:
     c = Classifier(ORIGIN, oom_baseline=10)
     counter, ooms = 10, 0

@@ -102,7 +102,8 @@ def test_a_failed_wake_is_said_once_and_input_still_comes(caplog: pytest.LogCapt
             os.read(pipe.read_fd, 10)
         assert pipe.wakes == 2
         assert [r.message for r in caplog.records if "cannot wake" in r.message] == [
-            "cannot wake supervisord (refused): this death is reported at its pace"]
+            "cannot wake supervisord (refused): this death is reported at its pace"
+        ]
     finally:
         pipe.close()
 

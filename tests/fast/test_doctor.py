@@ -43,15 +43,17 @@ CONTAINER_CGROUP = "/libpod_parent/libpod-5f1c"
 NAVI = ProgramFacts("navi", "navi", "navi listen", "RUNNING", 7, "none", "/mnt/log/navi.log")
 START = ProgramFacts("start", "start", "/bin/sh -c ./run", "RUNNING", 8, "/mnt/log/start.log", "none")
 LOG = (
-    "2026-11-25 00:47:17,115 INFO Included extra file \"/etc/navi.conf\" during parsing\n"
+    '2026-11-25 00:47:17,115 INFO Included extra file "/etc/navi.conf" during parsing\n'
     "2026-11-25 00:47:17,118 INFO supervisord started with pid 1\n"
     "2026-11-25 00:47:18,121 INFO spawned: 'navi' with pid 7\n"
 )
 PROCESS = SupervisordProcess(1, True, 441, CONTAINER_CGROUP, True, datetime(2026, 11, 25, tzinfo=timezone.utc))
 HEALTHY = Facts(
-    settings=Settings("/mnt/notifications", "/sys/fs/cgroup", "/proc", "unix:///mnt/home/supervisor.sock", None,
-                      10000, 64 << 20),
-    uid=441, user="mop",
+    settings=Settings(
+        "/mnt/notifications", "/sys/fs/cgroup", "/proc", "unix:///mnt/home/supervisor.sock", None, 10000, 64 << 20
+    ),
+    uid=441,
+    user="mop",
     supervisord=SupervisordFacts("unix:///mnt/home/supervisor.sock", True, None, "4.2.5", "RUNNING", 1, (NAVI, START)),
     process=PROCESS,
     main_log=MainLog("readLog at unix:///mnt/home/supervisor.sock", LOG),
@@ -71,8 +73,14 @@ def changed(**changes: Any) -> Facts:
 def test_a_healthy_container() -> None:
     findings = diagnose(HEALTHY)
     assert [(f.what, f.status) for f in findings] == [
-        ("supervisord", OK), ("listener", OK), ("main log", OK), ("notifications", OK), ("filesystem", OK),
-        ("memory cgroup", OK), ("memory figures", OK), ("user", OK),
+        ("supervisord", OK),
+        ("listener", OK),
+        ("main log", OK),
+        ("notifications", OK),
+        ("filesystem", OK),
+        ("memory cgroup", OK),
+        ("memory figures", OK),
+        ("user", OK),
     ]
     assert exit_status(findings) == 0
     text = render(findings)
@@ -108,58 +116,167 @@ PREVIOUS_RUN = (
 )
 
 CASES = [
-    ("unreachable", {"supervisord": SupervisordFacts(SHIPPED_URL, False, "[Errno 2] No such file or directory")},
-     "supervisord", FAIL, "(the shipped configuration's socket: no URL was given): [Errno 2]"),
-    ("no listener", {"supervisord": dataclasses.replace(HEALTHY.supervisord, programs=(START,))},
-     "listener", FAIL, "no program of supervisord runs navi listen"),
-    ("listener fatal", {"supervisord": dataclasses.replace(HEALTHY.supervisord,
-                                                           programs=(_navi(state="FATAL", pid=0), START))},
-     "listener", FAIL, "[eventlistener:navi] FATAL"),
-    ("two listeners", {"supervisord": dataclasses.replace(HEALTHY.supervisord,
-                                                          programs=(NAVI, _navi(group="navi2", name="navi2")))},
-     "listener", WARN, "several programs run navi listen (navi:navi, navi2:navi2)"),
-    ("stdout logged", {"supervisord": dataclasses.replace(HEALTHY.supervisord,
-                                                          programs=(_navi(stdout_logfile="auto"), START))},
-     "listener", WARN, "supervisor issue #807"),
-    ("stopping", {"supervisord": dataclasses.replace(HEALTHY.supervisord, state="SHUTDOWN")},
-     "supervisord", WARN, "supervisord 4.2.5, SHUTDOWN, pid 1"),
-    ("another pid namespace", {"process": SupervisordProcess(1, False)},
-     "supervisord", WARN, "doctor runs in another pid namespace"),
-    ("unidentified", {"process": dataclasses.replace(PROCESS, identified=False, started=None)},
-     "supervisord", WARN, "may be written twice"),
-    ("syslog", {"main_log": MainLog("readLog at x", None, "supervisord has no main log file (logfile=syslog?)")},
-     "main log", FAIL, "exit codes and signals will be null"),
-    ("loglevel warn", {"main_log": _log("2026-11-25 00:47:21,128 WARN exited: start (exit status 3; not expected)\n")},
-     "main log", WARN, "no INFO line"),
-    ("include missing", {"main_log": _log('2026-11-25 00:47:17,115 WARN No file matches via include "/etc/navi.conf"'
-                                          "\n" + LOG)},
-     "main log", WARN, "no file for its [include] /etc/navi.conf"),
+    (
+        "unreachable",
+        {"supervisord": SupervisordFacts(SHIPPED_URL, False, "[Errno 2] No such file or directory")},
+        "supervisord",
+        FAIL,
+        "(the shipped configuration's socket: no URL was given): [Errno 2]",
+    ),
+    (
+        "no listener",
+        {"supervisord": dataclasses.replace(HEALTHY.supervisord, programs=(START,))},
+        "listener",
+        FAIL,
+        "no program of supervisord runs navi listen",
+    ),
+    (
+        "listener fatal",
+        {"supervisord": dataclasses.replace(HEALTHY.supervisord, programs=(_navi(state="FATAL", pid=0), START))},
+        "listener",
+        FAIL,
+        "[eventlistener:navi] FATAL",
+    ),
+    (
+        "two listeners",
+        {"supervisord": dataclasses.replace(HEALTHY.supervisord, programs=(NAVI, _navi(group="navi2", name="navi2")))},
+        "listener",
+        WARN,
+        "several programs run navi listen (navi:navi, navi2:navi2)",
+    ),
+    (
+        "stdout logged",
+        {"supervisord": dataclasses.replace(HEALTHY.supervisord, programs=(_navi(stdout_logfile="auto"), START))},
+        "listener",
+        WARN,
+        "supervisor issue #807",
+    ),
+    (
+        "stopping",
+        {"supervisord": dataclasses.replace(HEALTHY.supervisord, state="SHUTDOWN")},
+        "supervisord",
+        WARN,
+        "supervisord 4.2.5, SHUTDOWN, pid 1",
+    ),
+    (
+        "another pid namespace",
+        {"process": SupervisordProcess(1, False)},
+        "supervisord",
+        WARN,
+        "doctor runs in another pid namespace",
+    ),
+    (
+        "unidentified",
+        {"process": dataclasses.replace(PROCESS, identified=False, started=None)},
+        "supervisord",
+        WARN,
+        "may be written twice",
+    ),
+    (
+        "syslog",
+        {"main_log": MainLog("readLog at x", None, "supervisord has no main log file (logfile=syslog?)")},
+        "main log",
+        FAIL,
+        "exit codes and signals will be null",
+    ),
+    (
+        "loglevel warn",
+        {"main_log": _log("2026-11-25 00:47:21,128 WARN exited: start (exit status 3; not expected)\n")},
+        "main log",
+        WARN,
+        "no INFO line",
+    ),
+    (
+        "include missing",
+        {"main_log": _log('2026-11-25 00:47:17,115 WARN No file matches via include "/etc/navi.conf"\n' + LOG)},
+        "main log",
+        WARN,
+        "no file for its [include] /etc/navi.conf",
+    ),
     ("root in the log", {"main_log": _log(PREVIOUS_RUN + AS_ROOT + LOG)}, "main log", WARN, "runs as root"),
-    ("no directory", {"notifications": Directory("/mnt/notifications", "notifications directory "
-                                                 "/mnt/notifications: No such file or directory")},
-     "notifications", FAIL, "No such file or directory: incidents are held and counted"),
-    ("directory full", {"notifications": dataclasses.replace(HEALTHY.notifications, files=10000)},
-     "notifications", WARN, "the directory is full"),
-    ("not a volume", {"notifications": dataclasses.replace(HEALTHY.notifications, fstype="overlay",
-                                                           mount_point="/")},
-     "filesystem", WARN, "not a volume"),
-    ("little room", {"notifications": dataclasses.replace(HEALTHY.notifications, free_bytes=1 << 20)},
-     "filesystem", WARN, "nearly full"),
-    ("few inodes", {"notifications": dataclasses.replace(HEALTHY.notifications, free_inodes=10)},
-     "filesystem", WARN, "10 inodes free: nearly full"),
-    ("no cgroup", {"memory": MemoryFacts("no memory cgroup: /proc/self/cgroup lists no memory controller and ...")},
-     "memory cgroup", FAIL, "OOM kills will be reported as crashes"),
-    ("old kernel", {"memory": dataclasses.replace(HEALTHY.memory, snapshot=_snapshot(
-        oom_kill=None, problems=("memory.oom_control has no oom_kill counter (kernel older than 4.13)",)))},
-     "memory figures", FAIL, "kernel older than 4.13"),
-    ("unreadable figure", {"memory": dataclasses.replace(HEALTHY.memory, snapshot=_snapshot(
-        usage_bytes=None, problems=("cannot read x/memory.usage_in_bytes: Permission denied",)))},
-     "memory figures", WARN, "usage unknown"),
-    ("another cgroup", {"process": dataclasses.replace(PROCESS, memory_cgroup="/elsewhere")},
-     "memory cgroup", WARN, "supervisord (pid 1) is in memory cgroup /elsewhere"),
+    (
+        "no directory",
+        {
+            "notifications": Directory(
+                "/mnt/notifications", "notifications directory /mnt/notifications: No such file or directory"
+            )
+        },
+        "notifications",
+        FAIL,
+        "No such file or directory: incidents are held and counted",
+    ),
+    (
+        "directory full",
+        {"notifications": dataclasses.replace(HEALTHY.notifications, files=10000)},
+        "notifications",
+        WARN,
+        "the directory is full",
+    ),
+    (
+        "not a volume",
+        {"notifications": dataclasses.replace(HEALTHY.notifications, fstype="overlay", mount_point="/")},
+        "filesystem",
+        WARN,
+        "not a volume",
+    ),
+    (
+        "little room",
+        {"notifications": dataclasses.replace(HEALTHY.notifications, free_bytes=1 << 20)},
+        "filesystem",
+        WARN,
+        "nearly full",
+    ),
+    (
+        "few inodes",
+        {"notifications": dataclasses.replace(HEALTHY.notifications, free_inodes=10)},
+        "filesystem",
+        WARN,
+        "10 inodes free: nearly full",
+    ),
+    (
+        "no cgroup",
+        {"memory": MemoryFacts("no memory cgroup: /proc/self/cgroup lists no memory controller and ...")},
+        "memory cgroup",
+        FAIL,
+        "OOM kills will be reported as crashes",
+    ),
+    (
+        "old kernel",
+        {
+            "memory": dataclasses.replace(
+                HEALTHY.memory,
+                snapshot=_snapshot(
+                    oom_kill=None, problems=("memory.oom_control has no oom_kill counter (kernel older than 4.13)",)
+                ),
+            )
+        },
+        "memory figures",
+        FAIL,
+        "kernel older than 4.13",
+    ),
+    (
+        "unreadable figure",
+        {
+            "memory": dataclasses.replace(
+                HEALTHY.memory,
+                snapshot=_snapshot(
+                    usage_bytes=None, problems=("cannot read x/memory.usage_in_bytes: Permission denied",)
+                ),
+            )
+        },
+        "memory figures",
+        WARN,
+        "usage unknown",
+    ),
+    (
+        "another cgroup",
+        {"process": dataclasses.replace(PROCESS, memory_cgroup="/elsewhere")},
+        "memory cgroup",
+        WARN,
+        "supervisord (pid 1) is in memory cgroup /elsewhere",
+    ),
     ("another user", {"uid": 0, "user": "root"}, "user", WARN, "the directory was checked for the wrong user"),
-    ("supervisord as root", {"process": dataclasses.replace(PROCESS, uid=0)},
-     "user", WARN, "supervisord runs as root"),
+    ("supervisord as root", {"process": dataclasses.replace(PROCESS, uid=0)}, "user", WARN, "supervisord runs as root"),
     ("doctor as root", {"uid": 0, "user": "root", "process": None}, "user", WARN, "doctor runs as root"),
 ]
 
@@ -175,7 +292,8 @@ def test_each_problem_is_found_with_what_to_do(facts: dict[str, Any], what: str,
     text = render(findings)
     assert f"-> {finding.todo}" in text
     assert text.splitlines()[-1].startswith(
-        "verdict: Navi cannot do its job here" if status == FAIL else "verdict: Navi can do its job here")
+        "verdict: Navi cannot do its job here" if status == FAIL else "verdict: Navi can do its job here"
+    )
 
 
 def test_only_this_run_of_supervisord_counts() -> None:
@@ -225,14 +343,20 @@ def test_asks_where_the_shipped_configuration_listens() -> None:
 
 
 def test_doctor_where_nothing_is_there(scratch_dir: Path) -> None:
-    done = run_doctor({"NAVI_NOTIFICATIONS_DIR": str(scratch_dir / "missing"),
-                       "NAVI_SUPERVISOR_URL": f"unix://{scratch_dir / 'none.sock'}"})
+    done = run_doctor(
+        {
+            "NAVI_NOTIFICATIONS_DIR": str(scratch_dir / "missing"),
+            "NAVI_SUPERVISOR_URL": f"unix://{scratch_dir / 'none.sock'}",
+        }
+    )
     assert done.returncode == 1
     assert "No such file or directory" in report_line(done.stdout, FAIL, "supervisord")
     assert report_line(done.stdout, FAIL, "main log").endswith(
-        "supervisord cannot be asked: exit codes and signals will be null")
+        "supervisord cannot be asked: exit codes and signals will be null"
+    )
     assert report_line(done.stdout, FAIL, "notifications").startswith(
-        f"notifications directory {scratch_dir / 'missing'}: No such file or directory")
+        f"notifications directory {scratch_dir / 'missing'}: No such file or directory"
+    )
     assert "-> see supervisord above; or give Navi the log file (--supervisord-log" in done.stdout
     assert done.stdout.splitlines()[-1].startswith("verdict: Navi cannot do its job here (3 failure(s)")
     assert os.listdir(scratch_dir) == []
@@ -243,12 +367,15 @@ def test_doctor_reads_a_cgroup_v2_container(scratch_dir: Path) -> None:
         world.set_oom_kill(2, at_limit=True)
         log = scratch_dir / "supervisord.log"
         log.write_text(LOG)
-        env = dict(world.env(), NAVI_SUPERVISORD_LOG=str(log),
-                   NAVI_SUPERVISOR_URL=f"unix://{scratch_dir / 'none.sock'}")
+        env = dict(
+            world.env(), NAVI_SUPERVISORD_LOG=str(log), NAVI_SUPERVISOR_URL=f"unix://{scratch_dir / 'none.sock'}"
+        )
         done = run_doctor(env)
     assert report_line(done.stdout, OK, "memory cgroup") == (
-        f"v2 at {world.cgroup_dir} (/proc/self/cgroup names /: a cgroup namespace, or the root)")
+        f"v2 at {world.cgroup_dir} (/proc/self/cgroup names /: a cgroup namespace, or the root)"
+    )
     assert report_line(done.stdout, OK, "memory figures") == (
-        "limit 64.0 MiB, usage 63.8 MiB, peak 64.0 MiB, oom_kill 2")
+        "limit 64.0 MiB, usage 63.8 MiB, peak 64.0 MiB, oom_kill 2"
+    )
     assert report_line(done.stdout, OK, "main log") == f"{log}: 3 lines in its last 64.0 KiB"
     assert done.returncode == 1  # no supervisord to ask

@@ -42,7 +42,11 @@ def test_parse_exit(message: str, code: Optional[int], signal: Optional[int], co
     record = parse_exit(message)
     assert record is not None
     assert (record.name, record.code, record.signal, record.core_dumped, record.expected) == (
-        "web", code, signal, core, expected,
+        "web",
+        code,
+        signal,
+        core,
+        expected,
     )
 
 
@@ -103,7 +107,8 @@ def test_expected_exits_are_not_kept_and_our_own_are_not_the_programs() -> None:
     log = ExitLog(own_name="navi", own_pid=500)
     # loglevel=warn: no spawned lines, so no pids.
     log.feed(
-        exited("job", "exit status 0", expected=True) + exited("job", "exit status 4")
+        exited("job", "exit status 0", expected=True)
+        + exited("job", "exit status 4")
         + exited("navi", "terminated by SIGKILL")  # a previous Navi's death
     )
     assert log.waiting() == 1 and log.sigkills_waiting() == 0  # Navi's own is no program's death
@@ -139,9 +144,11 @@ def test_new_supervisord_lifetime_forgets_the_old_one() -> None:
 def test_records_before_our_own_spawn_match_only_by_pid() -> None:
     log = ExitLog(own_name="navi", own_pid=500)
     log.feed(
-        spawned("w", 10) + exited("w", "exit status 1")  # handled by the Navi before us
+        spawned("w", 10)
+        + exited("w", "exit status 1")  # handled by the Navi before us
         + spawned("navi", 500)
-        + spawned("w", 11) + exited("w", "exit status 2")
+        + spawned("w", 11)
+        + exited("w", "exit status 2")
     )
     backoff = log.take("w", None)
     assert backoff is not None and backoff.code == 2 and not backoff.stale
@@ -196,8 +203,10 @@ def test_memory_is_bounded_per_process() -> None:
     st.lists(
         st.tuples(
             st.sampled_from(["web", "wëb", "worker", "a b"]),
-            st.one_of(st.integers(0, 255).map(lambda c: f"exit status {c}"),
-                      st.sampled_from(["terminated by SIGKILL", "terminated by SIGSEGV (core dumped)"])),
+            st.one_of(
+                st.integers(0, 255).map(lambda c: f"exit status {c}"),
+                st.sampled_from(["terminated by SIGKILL", "terminated by SIGSEGV (core dumped)"]),
+            ),
             st.booleans(),  # EXITED (with pid) or BACKOFF (without)
         ),
         max_size=25,
@@ -229,10 +238,14 @@ def test_every_event_gets_its_own_line(deaths: list[tuple[str, str, bool]], rnd:
 def test_sigkills_waiting_counts_untaken_kills() -> None:
     log = ExitLog()
     log.feed(
-        spawned("a", 1) + exited("a", "terminated by SIGKILL")
-        + spawned("b", 2) + exited("b", "exit status 137")
-        + spawned("c", 3) + exited("c", "terminated by SIGSEGV")
-        + spawned("d", 4) + exited("d", "terminated by SIGKILL", expected=True)
+        spawned("a", 1)
+        + exited("a", "terminated by SIGKILL")
+        + spawned("b", 2)
+        + exited("b", "exit status 137")
+        + spawned("c", 3)
+        + exited("c", "terminated by SIGSEGV")
+        + spawned("d", 4)
+        + exited("d", "terminated by SIGKILL", expected=True)
     )
     assert log.sigkills_waiting() == 2
     log.take("a", 1)

@@ -46,19 +46,29 @@ sup_states = importlib.import_module("supervisor.states")
 EventListenerStates = sup_states.EventListenerStates
 ProcessStates = sup_states.ProcessStates
 
-names = st.text(st.characters(blacklist_categories=("Cs", "Zs", "Cc"), blacklist_characters=":"), min_size=1,
-                max_size=12)
+names = st.text(
+    st.characters(blacklist_categories=("Cs", "Zs", "Cc"), blacklist_characters=":"), min_size=1, max_size=12
+)
 
 # ---- envelopes and payloads are supervisor's own ------------------------------------------
 
 
 @given(
-    st.sampled_from(["PROCESS_STATE_EXITED", "PROCESS_STATE_BACKOFF", "TICK_5", "PROCESS_COMMUNICATION_STDOUT",
-                     "SUPERVISOR_STATE_CHANGE_RUNNING"]),
-    st.text(max_size=80), st.integers(0, 10**9), st.integers(0, 10**9), names,
+    st.sampled_from(
+        [
+            "PROCESS_STATE_EXITED",
+            "PROCESS_STATE_BACKOFF",
+            "TICK_5",
+            "PROCESS_COMMUNICATION_STDOUT",
+            "SUPERVISOR_STATE_CHANGE_RUNNING",
+        ]
+    ),
+    st.text(max_size=80),
+    st.integers(0, 10**9),
+    st.integers(0, 10**9),
+    names,
 )
-def test_envelope_is_what_supervisor_writes(eventname: str, text: str, serial: int, poolserial: int,
-                                            pool: str) -> None:
+def test_envelope_is_what_supervisor_writes(eventname: str, text: str, serial: int, poolserial: int, pool: str) -> None:
     stub = SimpleNamespace(config=SimpleNamespace(options=SimpleNamespace(identifier="supervisor"), name=pool))
     event_type = getattr(sup_events.EventTypes, eventname)
     theirs = sup_process.EventListenerPool._eventEnvelope(stub, event_type, serial, poolserial, text)
@@ -66,22 +76,39 @@ def test_envelope_is_what_supervisor_writes(eventname: str, text: str, serial: i
 
 
 STATE_EVENTS = {
-    "STARTING": sup_events.ProcessStateStartingEvent, "BACKOFF": sup_events.ProcessStateBackoffEvent,
-    "RUNNING": sup_events.ProcessStateRunningEvent, "EXITED": sup_events.ProcessStateExitedEvent,
-    "STOPPING": sup_events.ProcessStateStoppingEvent, "STOPPED": sup_events.ProcessStateStoppedEvent,
+    "STARTING": sup_events.ProcessStateStartingEvent,
+    "BACKOFF": sup_events.ProcessStateBackoffEvent,
+    "RUNNING": sup_events.ProcessStateRunningEvent,
+    "EXITED": sup_events.ProcessStateExitedEvent,
+    "STOPPING": sup_events.ProcessStateStoppingEvent,
+    "STOPPED": sup_events.ProcessStateStoppedEvent,
     "FATAL": sup_events.ProcessStateFatalEvent,
 }
 
 
-@given(names, names, st.sampled_from(sorted(STATE_EVENTS)), st.sampled_from(["STOPPED", "STARTING", "RUNNING",
-       "BACKOFF", "EXITED"]), st.integers(1, 4194304), st.integers(0, 9), st.booleans())
-def test_payloads_are_what_supervisor_writes(name: str, group: str, state: str, from_state: str, pid: int,
-                                             tries: int, expected: bool) -> None:
-    process = SimpleNamespace(config=SimpleNamespace(name=name), group=SimpleNamespace(config=SimpleNamespace(
-        name=group)), pid=pid, backoff=tries)
+@given(
+    names,
+    names,
+    st.sampled_from(sorted(STATE_EVENTS)),
+    st.sampled_from(["STOPPED", "STARTING", "RUNNING", "BACKOFF", "EXITED"]),
+    st.integers(1, 4194304),
+    st.integers(0, 9),
+    st.booleans(),
+)
+def test_payloads_are_what_supervisor_writes(
+    name: str, group: str, state: str, from_state: str, pid: int, tries: int, expected: bool
+) -> None:
+    process = SimpleNamespace(
+        config=SimpleNamespace(name=name),
+        group=SimpleNamespace(config=SimpleNamespace(name=group)),
+        pid=pid,
+        backoff=tries,
+    )
     theirs = STATE_EVENTS[state](process, getattr(ProcessStates, from_state), expected).payload()
     extra: dict[str, Any] = {
-        "STARTING": {"tries": tries}, "BACKOFF": {"tries": tries}, "EXITED": {"expected": int(expected), "pid": pid},
+        "STARTING": {"tries": tries},
+        "BACKOFF": {"tries": tries},
+        "EXITED": {"expected": int(expected), "pid": pid},
         "FATAL": {},
     }.get(state, {"pid": pid})
     assert payload(Program(name, group), from_state, **extra) == theirs
@@ -93,8 +120,11 @@ def acknowledged(sup: Supervisor) -> None:
 
 
 @settings(max_examples=200)
-@given(st.lists(st.tuples(st.sampled_from(["PROCESS_STATE_EXITED", "TICK_5", "X"]), st.text(max_size=40), names),
-                max_size=10))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["PROCESS_STATE_EXITED", "TICK_5", "X"]), st.text(max_size=40), names), max_size=10
+    )
+)
 def test_envelopes_parse_back_with_navis_reader(events: list[tuple[str, str, str]]) -> None:
     """len counts characters: a non-ASCII name never desyncs the reader."""
     sup = Supervisor(pool="navi")
@@ -104,10 +134,9 @@ def test_envelopes_parse_back_with_navis_reader(events: list[tuple[str, str, str
         data += sup.envelope(eventname, f"processname:{name} {text}")
         acknowledged(sup)
     results, _ = drive([data])
-    assert [(r.name, r.payload, r.header["serial"], r.header["poolserial"]) for r in results
-            if isinstance(r, Event)] == [
-        (eventname, f"processname:{name} {text}", str(i), str(i)) for i, (eventname, text, name) in enumerate(events)
-    ]
+    assert [
+        (r.name, r.payload, r.header["serial"], r.header["poolserial"]) for r in results if isinstance(r, Event)
+    ] == [(eventname, f"processname:{name} {text}", str(i), str(i)) for i, (eventname, text, name) in enumerate(events)]
 
 
 def test_a_recorded_header_is_sent_as_it_was_and_serials_follow_on() -> None:
@@ -198,8 +227,9 @@ def test_bytes_in_the_same_read_as_ready_are_bytes_while_ready() -> None:
     assert "after READY, while it should wait for an event" in violation.reason
 
 
-@pytest.mark.parametrize(("line", "warning"), [(b"XXXXXXX2", "does not start with 'RESULT '"),
-                                               (b"RESULT  2", "not plain digits")])
+@pytest.mark.parametrize(
+    ("line", "warning"), [(b"XXXXXXX2", "does not start with 'RESULT '"), (b"RESULT  2", "not plain digits")]
+)
 def test_what_supervisor_lets_pass_is_a_warning(line: bytes, warning: str) -> None:
     sup = Supervisor()
     sup.receive_data(READY)
@@ -224,15 +254,31 @@ def _supervisors_reader() -> tuple[Any, SimpleNamespace, list[bytes]]:
     options = SimpleNamespace(logger=_Logger(), strip_ansi=False)
     process = SimpleNamespace(
         config=SimpleNamespace(name="navi", options=options, stdout_logfile=None),
-        group=SimpleNamespace(config=SimpleNamespace(result_handler=handler)), event=None, listener_state=None,
+        group=SimpleNamespace(config=SimpleNamespace(result_handler=handler)),
+        event=None,
+        listener_state=None,
     )
     return sup_dispatchers.PEventListenerDispatcher(process, "stdout", 0), process, results
 
 
-PIECES = [READY, b"RESULT 2\nOK", b"RESULT 4\nFAIL", b"RESULT ", b"2", b"\n", b"OK", b"READY", b"X", b"hello\n",
-          b"RESULT 0\n", b" ", b"RESULT 12\n"]
-chunky = st.lists(st.one_of(st.sampled_from(PIECES), st.binary(max_size=4).filter(lambda b: b"-" not in b)),
-                  max_size=14).map(b"".join)
+PIECES = [
+    READY,
+    b"RESULT 2\nOK",
+    b"RESULT 4\nFAIL",
+    b"RESULT ",
+    b"2",
+    b"\n",
+    b"OK",
+    b"READY",
+    b"X",
+    b"hello\n",
+    b"RESULT 0\n",
+    b" ",
+    b"RESULT 12\n",
+]
+chunky = st.lists(
+    st.one_of(st.sampled_from(PIECES), st.binary(max_size=4).filter(lambda b: b"-" not in b)), max_size=14
+).map(b"".join)
 
 
 @settings(max_examples=500)
@@ -417,8 +463,13 @@ def test_signals_stops_ticks_and_raw_lines() -> None:
     assert "stopped: web (terminated by SIGTERM)" in messages
     assert "exited: x (exit status 9; not expected)" in messages
     evs = events_of(steps)
-    assert [e for e, _ in evs[-5:]] == ["PROCESS_STATE_STOPPING", "PROCESS_STATE_STOPPED", "TICK_5", "TICK_5",
-                                        "PROCESS_STATE_FATAL"]
+    assert [e for e, _ in evs[-5:]] == [
+        "PROCESS_STATE_STOPPING",
+        "PROCESS_STATE_STOPPED",
+        "TICK_5",
+        "TICK_5",
+        "PROCESS_STATE_FATAL",
+    ]
     ticks = [int(p.split(":")[1]) for e, p in evs if e == "TICK_5"]
     assert all(t % 5 == 0 for t in ticks) and ticks[1] - ticks[0] == 5
     assert [s for s in steps if isinstance(s, Memory)] == [Memory(2, True), Memory(3, True)]
@@ -446,29 +497,56 @@ def test_scenario_errors_say_what_and_where(text: str, error: str) -> None:
 def test_words_are_split_into_sentences() -> None:
     steps = said("web crashes, worker is OOM-killed then api crash-loops 2 times; tick")
     assert [s.text for s in steps if isinstance(s, Say)] == [
-        "web crashes", "worker is OOM-killed", "api crash-loops 2 times", "tick"]
+        "web crashes",
+        "worker is OOM-killed",
+        "api crash-loops 2 times",
+        "tick",
+    ]
 
 
 def test_a_recording_is_a_scenario() -> None:
     header = "ver:3.0 server:supervisor serial:7 pool:rec poolserial:3 eventname:PROCESS_STATE_EXITED len:5"
-    text = "\n".join(json.dumps(r) for r in [
-        {"time": "t", "log": "2026-11-24 23:00:05,456 WARN exited: web (exit status 3; not expected)"},
-        {"time": "t", "oom_kills": 1},
-        {"time": "t", "header": header, "payload": "a:b c"},
-    ])
-    assert parse(text) == [Log("2026-11-24 23:00:05,456 WARN exited: web (exit status 3; not expected)"),
-                           Memory(1, True), Send("PROCESS_STATE_EXITED", "a:b c", header)]
+    text = "\n".join(
+        json.dumps(r)
+        for r in [
+            {"time": "t", "log": "2026-11-24 23:00:05,456 WARN exited: web (exit status 3; not expected)"},
+            {"time": "t", "oom_kills": 1},
+            {"time": "t", "header": header, "payload": "a:b c"},
+        ]
+    )
+    assert parse(text) == [
+        Log("2026-11-24 23:00:05,456 WARN exited: web (exit status 3; not expected)"),
+        Memory(1, True),
+        Send("PROCESS_STATE_EXITED", "a:b c", header),
+    ]
 
 
 ALLOWED = {
-    "STOPPED": {"STARTING"}, "STARTING": {"RUNNING", "BACKOFF", "STOPPING"}, "RUNNING": {"EXITED", "STOPPING"},
-    "BACKOFF": {"STARTING", "FATAL", "STOPPED"}, "EXITED": {"STARTING"}, "FATAL": {"STARTING"},
+    "STOPPED": {"STARTING"},
+    "STARTING": {"RUNNING", "BACKOFF", "STOPPING"},
+    "RUNNING": {"EXITED", "STOPPING"},
+    "BACKOFF": {"STARTING", "FATAL", "STOPPED"},
+    "EXITED": {"STARTING"},
+    "FATAL": {"STARTING"},
     "STOPPING": {"STOPPED"},
 }
 sentences = st.tuples(
     st.sampled_from(["web", "wörker", "api"]),
-    st.sampled_from(["crashes", "exits", "is OOM-killed", "is killed by SIGSEGV", "segfaults", "fails to start",
-                     "crashes during startup", "starts", "is stopped", "is restarted", "crash-loops 3 times"]),
+    st.sampled_from(
+        [
+            "crashes",
+            "exits",
+            "is OOM-killed",
+            "is killed by SIGSEGV",
+            "segfaults",
+            "fails to start",
+            "crashes during startup",
+            "starts",
+            "is stopped",
+            "is restarted",
+            "crash-loops 3 times",
+        ]
+    ),
     st.sampled_from(["", " twice"]),
 ).map(lambda t: f"{t[0]} {t[1]}{t[2] if 'crash-loops' not in t[1] else ''}")
 
@@ -498,7 +576,7 @@ def test_every_scenario_is_a_walk_supervisord_can_take(lines: list[str]) -> None
                 spawned[m.group(1)] = int(m.group(2))
         elif isinstance(step, Send) and step.eventname.startswith("PROCESS_STATE_"):
             fields = dict(t.split(":", 1) for t in step.payload.split())
-            name, new = fields["processname"], step.eventname[len("PROCESS_STATE_"):]
+            name, new = fields["processname"], step.eventname[len("PROCESS_STATE_") :]
             before = state.get(name, "STOPPED")
             assert fields["from_state"] == before and new in ALLOWED[before], (name, before, new)
             if new in ("EXITED", "RUNNING", "STOPPING"):

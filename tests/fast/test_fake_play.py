@@ -71,8 +71,9 @@ def test_a_crash_loop_is_written_five_times_then_held_and_counted(world: FakeWor
 def test_failing_at_start_until_fatal(world: FakeWorld) -> None:
     to_navi(world, "program db startretries 2\ndb fails to start with code 78\n")
     found = notifications(world)
-    assert [(n["type"], n["exit"]["code"], n["exit"]["during_startup"]) for n in found] == \
-        [("crash", 78, True)] * 3 + [("fatal", 78, True)]
+    assert [(n["type"], n["exit"]["code"], n["exit"]["during_startup"]) for n in found] == [("crash", 78, True)] * 3 + [
+        ("fatal", 78, True)
+    ]
 
 
 def test_a_childs_oom_kill_is_the_containers(world: FakeWorld) -> None:
@@ -111,13 +112,19 @@ while True:
     ("mode", "violation"),
     [
         ("stray-print", r"wrote b'debug: got here(\\n)?' (after READY|where its RESULT <length> line should be)"),
-        ("trailing-newline", r"serial 0 \(TICK_5\): wrote b'\\nREADY\\n' after its RESULT: the result must not end "
-                             r"with a newline; supervisord marks the listener UNKNOWN"),
+        (
+            "trailing-newline",
+            r"serial 0 \(TICK_5\): wrote b'\\nREADY\\n' after its RESULT: the result must not end "
+            r"with a newline; supervisord marks the listener UNKNOWN",
+        ),
         ("silent", r"^at start: no READY within 1 s; supervisord would wait"),
         ("garbage-first", r"^at start: wrote b'Starting up\.\.\.\\n(READY\\n)?' where only READY\\n may come"),
         ("fails", r"answered b'FAIL' 3 times; supervisord sends a rejected event again at once, forever"),
-        ("bad-length", r"serial 0 \(TICK_5\): no READY within 1 s \(it wrote b'EADY\\n', not a whole token\) "
-                       r"after a RESULT of b'OKR': does its length count its body\?"),
+        (
+            "bad-length",
+            r"serial 0 \(TICK_5\): no READY within 1 s \(it wrote b'EADY\\n', not a whole token\) "
+            r"after a RESULT of b'OKR': does its length count its body\?",
+        ),
         ("dies", r"serial 0 \(TICK_5\): exited with code 3 while holding the event; supervisord sends it again"),
     ],
 )
@@ -152,18 +159,45 @@ def test_a_generated_stream_is_played_to_a_plain_listener(tmp_path: Path) -> Non
 
 def navi_fake(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """The command, with its temporary directory made in ``cwd``."""
-    return subprocess.run([sys.executable, "-m", "navi", "fake", *args], capture_output=True, text=True, timeout=120,
-                          cwd=cwd, env={**os.environ, "TMPDIR": str(cwd)})
+    return subprocess.run(
+        [sys.executable, "-m", "navi", "fake", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, "TMPDIR": str(cwd)},
+    )
 
 
 def test_the_command_plays_words_to_navi_listen(tmp_path: Path) -> None:
-    done = navi_fake("play", "--dir", str(tmp_path / "d"), "--cgroup", "1", "web", "crashes", "with", "code", "3,",
-                     "worker", "is", "OOM-killed", "then", "api", "crash-loops", "8", "times", cwd=tmp_path)
+    done = navi_fake(
+        "play",
+        "--dir",
+        str(tmp_path / "d"),
+        "--cgroup",
+        "1",
+        "web",
+        "crashes",
+        "with",
+        "code",
+        "3,",
+        "worker",
+        "is",
+        "OOM-killed",
+        "then",
+        "api",
+        "crash-loops",
+        "8",
+        "times",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert "# web crashes with code 3" in lines and "# worker is OOM-killed" in lines
-    assert any(re.match(r"\s+2  PROCESS_STATE_EXITED\s+web\s+from_state:RUNNING expected:0 pid:4200000\s+OK", line)
-               for line in lines), done.stdout
+    assert any(
+        re.match(r"\s+2  PROCESS_STATE_EXITED\s+web\s+from_state:RUNNING expected:0 pid:4200000\s+OK", line)
+        for line in lines
+    ), done.stdout
     assert any("cgroup v1  oom_kill 1, usage 63.8 MiB of 64.0 MiB, peak 64.0 MiB" in line for line in lines)
     assert "notifications written: 7, in " + str(tmp_path / "d" / "notifications") in lines
     assert lines[-1] == "held, to be written later: 3 incidents (rate limit) of api"
@@ -179,8 +213,12 @@ def test_the_command_flags_a_broken_listener_and_bad_words(tmp_path: Path) -> No
     assert done.returncode == 1
     # Whether the stray line comes in the same read as READY or after the
     # event went out is timing, as under supervisord: either breaks it.
-    assert re.search(r"^navi fake: PROTOCOL VIOLATION: (at start|event serial 0 \(PROCESS_STATE_STARTING\)): "
-                     r"wrote b'debug: got here", done.stdout, re.M), done.stdout
+    assert re.search(
+        r"^navi fake: PROTOCOL VIOLATION: (at start|event serial 0 \(PROCESS_STATE_STARTING\)): "
+        r"wrote b'debug: got here",
+        done.stdout,
+        re.M,
+    ), done.stdout
     assert list(tmp_path.iterdir()) == [script]  # the temporary tree is gone
     bad = navi_fake("play", "web", "explodes", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stdout == ""
@@ -195,8 +233,12 @@ def test_what_is_played_to_the_recorder_is_what_it_records(world: FakeWorld) -> 
     """Events, log lines and OOM kills, round trip, on the fake world."""
     recording = world.root / "recording.jsonl"
     steps = parse("web crashes with code 3\nworker is OOM-killed\ntick\nevent X wëird:payload\n")
-    outcome = play(steps, [sys.executable, "-m", "navi", "fake", "record", str(recording)], world,
-                   stderr=world.root / "recorder.stderr")
+    outcome = play(
+        steps,
+        [sys.executable, "-m", "navi", "fake", "record", str(recording)],
+        world,
+        stderr=world.root / "recorder.stderr",
+    )
     assert outcome.violations == () and outcome.events == 12
     # The eventlistener loop it shares with navi listen says only that it ended.
     assert (world.root / "recorder.stderr").read_text() == "navi: INFO: stdin closed; exiting\n"

@@ -41,11 +41,21 @@ stamps = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2200, 1
 names = st.one_of(
     st.text(min_size=1, max_size=30),
     st.builds(lambda n, s: n + s, st.text(max_size=20), st.sampled_from([".json", ".1.json", ".tmp", ""])),
-    st.builds(lambda t, s, a: file_name(t, str(s))[:-5] + (f".{a}" if a else "") + ".json",
-              stamps, st.integers(0, 10**12 - 1), st.integers(0, 9)),
+    st.builds(
+        lambda t, s, a: file_name(t, str(s))[:-5] + (f".{a}" if a else "") + ".json",
+        stamps,
+        st.integers(0, 10**12 - 1),
+        st.integers(0, 9),
+    ),
 )
-entries = st.builds(Entry, name=names, kind=st.sampled_from(FileKind), size=st.integers(0, 2 * MAX_SIZE),
-                    links=st.integers(0, 4), changed=st.floats(NOW - 100, NOW + 100))
+entries = st.builds(
+    Entry,
+    name=names,
+    kind=st.sampled_from(FileKind),
+    size=st.integers(0, 2 * MAX_SIZE),
+    links=st.integers(0, 4),
+    changed=st.floats(NOW - 100, NOW + 100),
+)
 
 
 def entry(name: str = "a.json", **changes: object) -> Entry:
@@ -75,9 +85,15 @@ def test_anything_but_a_regular_file_is_rejected_by_its_kind(kind: FileKind) -> 
 
 
 def test_kinds_from_st_mode() -> None:
-    modes = {stat.S_IFREG: FileKind.FILE, stat.S_IFLNK: FileKind.SYMLINK, stat.S_IFDIR: FileKind.DIRECTORY,
-             stat.S_IFIFO: FileKind.FIFO, stat.S_IFSOCK: FileKind.SOCKET, stat.S_IFCHR: FileKind.DEVICE,
-             stat.S_IFBLK: FileKind.DEVICE}
+    modes = {
+        stat.S_IFREG: FileKind.FILE,
+        stat.S_IFLNK: FileKind.SYMLINK,
+        stat.S_IFDIR: FileKind.DIRECTORY,
+        stat.S_IFIFO: FileKind.FIFO,
+        stat.S_IFSOCK: FileKind.SOCKET,
+        stat.S_IFCHR: FileKind.DEVICE,
+        stat.S_IFBLK: FileKind.DEVICE,
+    }
     for mode, kind in modes.items():
         assert kind_of(mode | 0o644) is kind
 
@@ -151,8 +167,11 @@ def test_another_schema_version_is_rejected() -> None:
 def test_a_file_that_changed_while_read_is_rejected() -> None:
     data = data_of(sample(1))
     before = entry(size=len(data))
-    for after, got in ((replace(before, changed=NOW), data), (replace(before, size=len(data) + 5), data),
-                       (before, data[:-3])):
+    for after, got in (
+        (replace(before, changed=NOW), data),
+        (replace(before, size=len(data) + 5), data),
+        (before, data[:-3]),
+    ):
         verdict = judge(before, got, after)
         assert isinstance(verdict, Reject) and "changed while being read" in verdict.reason
     grown = judge(before, b" " * (MAX_SIZE + 1), before)
@@ -178,8 +197,9 @@ def test_navi_names_come_in_incident_order(started: datetime, serials: list[int]
     assert ordered[: len(serials) * 2] == [
         n for s in sorted(serials) for n in (file_name(started, str(s)), file_name(started, str(s))[:-5] + ".1.json")
     ]
-    assert ordered[len(serials) * 2 : len(serials) * 3] == [file_name(started + timedelta(seconds=1), str(s))
-                                                           for s in sorted(serials)]
+    assert ordered[len(serials) * 2 : len(serials) * 3] == [
+        file_name(started + timedelta(seconds=1), str(s)) for s in sorted(serials)
+    ]
     assert ordered[-2:] == ["1700000000.json", "zz.json"]
 
 
@@ -200,8 +220,15 @@ def test_shown_text_is_printable_and_keeps_printable_text(text: str) -> None:
         assert out == text
 
 
-records = st.lists(st.tuples(st.integers(-1, 2**31 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
-                             st.binary(max_size=40).map(lambda raw: raw.replace(b"\0", b""))), max_size=8)
+records = st.lists(
+    st.tuples(
+        st.integers(-1, 2**31 - 1),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**32 - 1),
+        st.binary(max_size=40).map(lambda raw: raw.replace(b"\0", b"")),
+    ),
+    max_size=8,
+)
 
 
 @given(records, st.integers(0, 16))

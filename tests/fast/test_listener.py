@@ -42,9 +42,16 @@ def test_crash_then_oom_on_cgroup_v2(world: FakeWorld) -> None:
     assert oom["type"] == "oom"
     assert oom["exit"]["signal"] == "SIGKILL" and oom["exit"]["signal_number"] == 9
     assert oom["memory"] == {
-        "cgroup_version": 2, "cgroup_path": str(world.cgroup_dir), "limit_bytes": 67108864,
-        "usage_bytes": 66912256, "peak_bytes": 67108864, "oom_kill": 1, "oom_kill_rise": 1, "problems": [],
-        "victim": None, "programs": [],  # no TICK came to sample them
+        "cgroup_version": 2,
+        "cgroup_path": str(world.cgroup_dir),
+        "limit_bytes": 67108864,
+        "usage_bytes": 66912256,
+        "peak_bytes": 67108864,
+        "oom_kill": 1,
+        "oom_kill_rise": 1,
+        "problems": [],
+        "victim": None,
+        "programs": [],  # no TICK came to sample them
     }
     assert "Traceback" not in stderr(world)
 
@@ -286,8 +293,9 @@ def test_an_incident_loads_no_module(world: FakeWorld) -> None:
     die(world, "web", 100, "exit status 3")
     die(world, "web", 101, "terminated by SIGKILL")
     events = world.cgroup_dir / "memory.events"
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(world.env()), str(events)], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(world.env()), str(events)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "[]\n"
     assert [n["type"] for n in notifications(world)] == ["crash", "oom"], notifications(world)[1]["notes"]

@@ -15,9 +15,7 @@ from hypothesis import strategies as st
 from navi.consumer import schema
 from navi.notification import SCHEMA_VERSION, FormatError, Notification, decode
 
-st.register_type_strategy(
-    datetime, st.datetimes(timezones=st.just(timezone.utc), min_value=datetime(2000, 1, 1))
-)
+st.register_type_strategy(datetime, st.datetimes(timezones=st.just(timezone.utc), min_value=datetime(2000, 1, 1)))
 notifications = st.builds(Notification, schema_version=st.just(SCHEMA_VERSION))
 
 

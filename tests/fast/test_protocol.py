@@ -26,7 +26,11 @@ def test_one_event_is_parsed_and_acknowledged() -> None:
     assert event.header["len"] == str(len(payload))
     assert event.payload == payload
     assert event.fields == {
-        "processname": "web", "groupname": "web", "from_state": "RUNNING", "expected": "0", "pid": "4242",
+        "processname": "web",
+        "groupname": "web",
+        "from_state": "RUNNING",
+        "expected": "0",
+        "pid": "4242",
     }
     assert out == READY + OK + READY
     assert OK == b"RESULT 2\nOK"  # no trailing newline
@@ -129,12 +133,15 @@ def test_tokens_only_in_protocol_order() -> None:
 
 names = st.text(
     alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Cc"), blacklist_characters=":"),
-    min_size=1, max_size=12,
+    min_size=1,
+    max_size=12,
 )
 payloads = st.one_of(
     st.builds(
         lambda n, g, pid: f"processname:{n} groupname:{g} from_state:RUNNING expected:0 pid:{pid}",
-        names, names, st.integers(1, 2**22),
+        names,
+        names,
+        st.integers(1, 2**22),
     ),
     st.builds(lambda w: f"when:{w}", st.integers(0, 2**32)),
     st.just(""),
@@ -158,9 +165,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 @settings(max_examples=300)
 @given(streams, st.lists(st.integers(0, 10**6), max_size=30))
-def test_any_valid_stream_split_anywhere_gives_the_same_events(
-    events: list[tuple[str, str]], cuts: list[int]
-) -> None:
+def test_any_valid_stream_split_anywhere_gives_the_same_events(events: list[tuple[str, str]], cuts: list[int]) -> None:
     data = b"".join(envelope(name, payload, serial) for serial, (name, payload) in enumerate(events))
     results, out = drive(split(data, cuts))
     assert [(r.name, r.payload, r.header["serial"]) for r in results if isinstance(r, Event)] == [

@@ -39,7 +39,9 @@ def test_faults_are_raised_with_code_and_text(code: int, text: str) -> None:
 @given(st.lists(st.booleans() | ints | texts, max_size=4))
 def test_requests_are_what_the_standard_library_reads(params: list[rpc.Param]) -> None:
     assert xmlrpc.client.loads(rpc.request_body("supervisor.readLog", tuple(params))) == (
-        tuple(params), "supervisor.readLog")
+        tuple(params),
+        "supervisor.readLog",
+    )
 
 
 @pytest.mark.parametrize("body", [b"", b"<methodResponse>", b"<x/>", b"\xff\xfe"])
@@ -50,7 +52,10 @@ def test_garbage_is_one_error(body: bytes) -> None:
 
 def test_http_status() -> None:
     assert rpc.split_http(b"HTTP/1.0 500 Internal Server Error\r\nA: b\r\n\r\nbody") == (
-        500, "Internal Server Error", b"body")
+        500,
+        "Internal Server Error",
+        b"body",
+    )
     with pytest.raises(rpc.RpcError, match="not an HTTP response"):
         rpc.split_http(b"SSH-2.0-OpenSSH\r\n")
 
