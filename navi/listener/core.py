@@ -31,6 +31,7 @@ from navi.names import notification_name
 from navi.notification import Notification
 
 STATE_VERSION = 2
+TIDY_EVERY = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class Core:
         self._handled = 0  # events
         self._saved: Optional[tuple[object, ...]] = None
         self._saved_tidy: Optional[tuple[object, ...]] = None
+        self._tidied: Optional[datetime] = None  # when the running table was last saved
         self._unsaved: Optional[tuple[str, datetime]] = None  # why the state is not saved, since when
         self._rss: tuple[RssSample, ...] = ()  # the last memory sample of each running program
 
@@ -259,7 +261,8 @@ class Core:
         for o in out:
             self._outbox[o.name] = o
             self._changes += 1
-        return self._actions(readings.now, save=self._dirty(event.name.startswith("TICK_")), publish=out)
+        tidy = event.name.startswith("TICK_") and self._tidy_due(readings.now)
+        return self._actions(readings.now, save=self._dirty(tidy), publish=out)
 
     def _decide(self, incident: Optional[Incident], event: Event, readings: Readings) -> Optional[Notification]:
         if incident in (Incident.EXIT, Incident.OWN_DEATH):
@@ -325,7 +328,11 @@ class Core:
 
     def settle(self, now: datetime) -> list[Action]:
         """After the publications: the state to save, if they changed it."""
-        return self._actions(now, save=self._dirty(), publish=[])
+        if not self._dirty():
+            return []
+        actions: list[Action] = [Save(self.state(now))]
+        self._saved, self._saved_tidy = self._version(), self._tidy()  # unless the shell says :meth:`unsaved`
+        return actions
 
     def saved(self) -> None:
         """The last :class:`Save` was carried out."""
@@ -372,15 +379,24 @@ class Core:
 
     def _version(self) -> tuple[object, ...]:
         """What must be saved before anything it decided is carried out."""
-        baseline, kills = self.classifier.counter()
-        return self.coalescer.changes, self._changes, baseline, tuple(kills)
+        return self.coalescer.changes, self._changes, *self.classifier.counted()
 
     def _tidy(self) -> tuple[object, ...]:
         """What is saved at TICKs: which programs run, their memory."""
         return tuple(self.running.programs()), self._rss
 
-    def _dirty(self, tick: bool = False) -> bool:
-        return self._version() != self._saved or (tick and self._tidy() != self._saved_tidy)
+    def _tidy_due(self, now: datetime) -> bool:
+        """The running table is saved once a minute at most: it changes at
+        every start and stop, and a post-mortem can do with a minute-old one."""
+        if self._tidied is not None and now - self._tidied < TIDY_EVERY:
+            return False
+        if self._tidy() == self._saved_tidy:
+            return False
+        self._tidied = now
+        return True
+
+    def _dirty(self, tidy: bool = False) -> bool:
+        return self._version() != self._saved or tidy
 
     def _actions(self, now: datetime, save: bool, publish: list[Outgoing]) -> list[Action]:
         actions: list[Action] = []
