@@ -10,6 +10,7 @@ import stat
 import struct
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from typing import Union
 
 import inotify_simple  # type: ignore[import-untyped]
 import pytest
@@ -149,13 +150,16 @@ def test_unknown_keys_are_kept_in_the_document() -> None:
         (b"[1, 2]", "a list, not an object"),
         (b'{"schema": 1}', "not a Navi notification: id"),
         (b"[" * 100000 + b"]" * 100000, "not JSON"),
-        (b'{"a": 1' + b"0" * 5000 + b"}", "not JSON"),
+        # Python 3.11+ refuses 4,300 digits and more; 3.9 parses them, and
+        # then the schema's own parser refuses the number.
+        (b'{"a": 1' + b"0" * 5000 + b"}", ("not JSON", "not a Navi notification")),
     ],
 )
-def test_bad_content_is_rejected_with_the_reason(data: bytes, reason: str) -> None:
+def test_bad_content_is_rejected_with_the_reason(data: bytes, reason: Union[str, tuple[str, ...]]) -> None:
     verdict = judge(entry(size=len(data)), data, entry(size=len(data)))
     assert isinstance(verdict, Reject)
-    assert reason in verdict.reason
+    reasons = (reason,) if isinstance(reason, str) else reason
+    assert any(r in verdict.reason for r in reasons), verdict.reason
 
 
 def test_another_schema_version_is_rejected() -> None:
