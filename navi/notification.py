@@ -171,7 +171,7 @@ class Notification:
         metadata=_doc(
             "what Navi could not establish, and why",
             [],
-            ["this OOM kill was counted while reporting an earlier death, 3 ms before"],
+            ["this OOM kill was counted at a reading 3 ms before this death was reported"],
         )
     )
     # The event as received, under the keys the original Navi used, so that

@@ -135,6 +135,7 @@ class Classifier:
         """Go on from a previous Navi's counter: kills counted since its last
         reading are kills for the deaths delivered to this one."""
         self.oom_baseline = baseline
+        self._kills.clear()
         self._kills.extend(kills)
 
     def decide(self, event: Event, evidence: Evidence) -> Optional[Notification]:
@@ -316,7 +317,7 @@ class Classifier:
         seen = self._kills.popleft()
         if seen < evidence.observed_at:
             ms = (evidence.observed_at - seen).total_seconds() * 1000
-            notes.append(f"this OOM kill was counted while reporting an earlier death, {ms:.0f} ms before")
+            notes.append(f"this OOM kill was counted at a reading {ms:.0f} ms before this death was reported")
         return True
 
     def _remember(self, key: str, exit_info: ExitInfo) -> None:

@@ -144,6 +144,14 @@ NEW_BASELINE = (
     "this death came before this Navi started, and no earlier reading of the oom_kill counter survived "
     "(Navi's state file was missing): an OOM kill before then cannot be told from a kill -9"
 )
+FIRST_READING = (
+    "this OOM kill was counted before this container's first Navi read the oom_kill counter, soon after "
+    "supervisord started: taken as this container's"
+)
+# How young supervisord must be for kills counted before the first Navi's
+# first reading to be its container's: a Navi starts in seconds, or some tens
+# of seconds on a starved CPU.
+FIRST_START = timedelta(minutes=2)
 NO_EXIT_LINE = (
     "supervisord's log has no exited: line for it (it may have failed to spawn: see its spawnerr: "
     "lines; or supervisord logs only errors, or the line was rotated away)"
@@ -173,6 +181,8 @@ class Core:
         # No earlier reading of the counter yet: deaths from before this Navi
         # cannot be told from a kill -9.  Until a state with one is restored.
         self._baseline_new = True
+        self._first_kills = 0  # counted before this first Navi's first reading, and not claimed yet
+        self._first_checked = False
         self._handled = 0  # events
         self._saved: Optional[tuple[object, ...]] = None
         self._saved_tidy: Optional[tuple[object, ...]] = None
@@ -204,12 +214,30 @@ class Core:
         if counter is not None and counter.cgroup == self._cgroup_path and not self._handled:
             self.classifier.resume(counter.oom_kill, counter.kills)
             self._baseline_new = False
+            self._first_kills = 0
         return [Publish(out) for out in state.outbox]
 
     # -- events --------------------------------------------------------------
 
+    def _first_start(self, now: datetime) -> None:
+        """Before the first event: with no earlier reading, kills the counter
+        already holds are this container's when this is the first Navi of a
+        young supervisord, from before it was up (slow starts, throttled
+        CPUs).  A saved reading, restored before any event, wins."""
+        if self._first_checked or self._handled or not self._baseline_new:
+            return
+        self._first_checked = True
+        if not self.exit_log.first_of_its_name():
+            return
+        started, counted = self.origin.supervisord_started, self.classifier.oom_baseline
+        if started is None or not counted or now - started > FIRST_START:
+            return
+        self._first_kills = counted
+        self.classifier.resume(counted, [now] * counted)
+
     def needs(self, event: Event, readings: Readings) -> Needs:
         """What to read before :meth:`handle`, given what was read so far."""
+        self._first_start(readings.now)
         incident = triage(event, self.origin)
         if incident in (Incident.EXIT, Incident.OWN_DEATH):
             return Needs(log=not readings.log_read, memory=not readings.memory_read)
@@ -231,6 +259,7 @@ class Core:
 
     def handle(self, event: Event, readings: Readings) -> list[Action]:
         """The actions for an event, in the order they must be carried out."""
+        self._first_start(readings.now)
         if readings.log_read:
             self.exit_log.feed(readings.log)
         if readings.rss is not None:
@@ -269,7 +298,11 @@ class Core:
             record, problem = self._take_exit(event, readings)
             n = self.classifier.decide(event, self._evidence(readings, record, problem))
             before_this_navi = record is not None and record.stale and self._baseline_new
-            if (
+            if n is not None and n.type == "oom" and self._first_kills:
+                # Kills are claimed oldest first: the first ones are those.
+                self._first_kills -= 1
+                n = replace(n, notes=[*n.notes, FIRST_READING])
+            elif (
                 n is not None
                 and n.type == "crash"
                 and before_this_navi

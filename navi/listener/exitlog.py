@@ -96,6 +96,7 @@ class ExitLog:
         self._own_name = own_name
         self._own_pid = own_pid
         self._own_spawn_seen = False
+        self._own_spawns = 0  # spawned: lines of our name in this supervisord's lifetime
         self._pids: dict[str, int] = {}
         self._records: OrderedDict[str, deque[ExitRecord]] = OrderedDict()
         self._partial = ""
@@ -115,6 +116,11 @@ class ExitLog:
         if self._own_name is not None and not self._own_spawn_seen:
             self._mark_stale()
 
+    def first_of_its_name(self) -> bool:
+        """Whether the log shows this Navi as the first one this supervisord
+        spawned (not known without our own ``spawned:`` line)."""
+        return self._own_spawn_seen and self._own_spawns == 1
+
     def _mark_stale(self) -> None:
         for name, queue in self._records.items():
             self._records[name] = deque((replace(r, stale=True) for r in queue), maxlen=MAX_PER_PROCESS)
@@ -128,11 +134,13 @@ class ExitLog:
             # A new supervisord lifetime: nothing before it can match.
             self._pids.clear()
             self._records.clear()
+            self._own_spawns = 0
             return
         spawned = _SPAWNED.match(message)
         if spawned is not None:
             name, pid = spawned["name"], int(spawned["pid"])
             self._pids[name] = pid
+            self._own_spawns += name == self._own_name
             if name == self._own_name and pid == self._own_pid:
                 self._own_spawn_seen = True
                 self._mark_stale()

@@ -28,12 +28,30 @@ HOG = triggered("hog", f'exec {sys.executable} -c "b = bytearray(300 * 2**20)"')
 SLOW_NAVI = "sh -c 'if [ -e {mnt}/tmp/slow ]; then sleep 2; fi; exec navi listen'"
 
 
-def assert_oom_of_hog(box: E2ESandbox) -> None:
+# The first Navi of this supervisord waits for {mnt}/tmp/go: a slow first start.
+LATE_NAVI = "sh -c 'while [ ! -e {mnt}/tmp/go ]; do sleep 0.1; done; exec navi listen'"
+
+
+def assert_oom_of_hog(box: E2ESandbox) -> dict[str, Any]:
     [oom] = box.wait_notifications(1, timeout=30)
     assert oom["type"] == "oom", oom
     assert oom["process"]["name"] == "hog" and oom["exit"]["signal"] == "SIGKILL"
     assert oom["memory"]["oom_kill"] >= 1
     assert not any("baseline" in note for note in oom["notes"]), oom["notes"]
+    return oom
+
+
+def test_a_kill_before_the_first_navi_is_up_is_an_oom(memory_cgroup: MemoryCgroup, sandbox: SandboxFactory) -> None:
+    """No state and no earlier reading: the counter's kills are taken as this
+    young supervisord's container's, not as a baseline."""
+    box = sandbox(program("hog", HOG), cgroup_dir=memory_cgroup.path, navi_command=LATE_NAVI)
+    box.wait_states({"hog": "RUNNING"})
+    box.trigger("hog")
+    box.wait_states({"hog": "EXITED"})
+    assert not (box.notifications / ".navi-state.json").exists()
+    (box.mnt / "tmp" / "go").touch()
+    oom = assert_oom_of_hog(box)
+    assert any("before this container's first Navi read" in note for note in oom["notes"]), oom["notes"]
 
 
 def test_a_kill_while_navi_is_stopped_is_an_oom_when_it_starts(

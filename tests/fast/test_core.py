@@ -9,7 +9,7 @@ saved state alone."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Optional
 
@@ -454,6 +454,50 @@ def test_without_a_last_reading_the_death_is_a_crash_that_says_the_baseline_is_n
     n = deliver(c, exited(10, "web", pid=8), oom_kill=1)
     assert n is not None and n.type == "crash" and n.exit.signal == "SIGKILL"
     assert any("no earlier reading of the oom_kill counter survived" in note for note in n.notes)
+
+
+FIRST_LOG = (
+    "2026-12-01 03:00:00,000 INFO spawned: 'web' with pid 8\n"
+    "2026-12-01 03:00:00,100 INFO spawned: 'navi' with pid 99\n"
+    "2026-12-01 03:00:05,000 WARN exited: web (terminated by SIGKILL; not expected)\n"
+)
+
+
+def first_navi(baseline: int, supervisord_age: timedelta) -> Core:
+    """The first Navi of a supervisord, up late: web died before its first reading."""
+    origin = replace(ORIGIN, supervisord_started=T0 - supervisord_age)
+    c = Core(origin, T0, baseline, LIMITS, own_pid=99, cgroup_path=CGROUP)
+    c.first_log(FIRST_LOG)
+    return c
+
+
+def test_the_first_navi_of_a_young_supervisord_takes_the_kills_counted_before_it() -> None:
+    n = deliver(first_navi(1, timedelta(seconds=30)), exited(10, "web", pid=8), oom_kill=1)
+    assert n is not None and n.type == "oom" and n.process.name == "web"
+    assert any("before this container's first Navi read" in note for note in n.notes), n.notes
+
+
+@given(age=st.integers(121, 10**6), baseline=st.integers(0, 5))
+def test_kills_counted_long_before_the_first_navi_are_a_baseline(age: int, baseline: int) -> None:
+    n = deliver(first_navi(baseline, timedelta(seconds=age)), exited(10, "web", pid=8), oom_kill=baseline)
+    assert n is not None and n.type == "crash"
+
+
+def test_a_respawned_navi_without_a_state_never_takes_the_counted_kills() -> None:
+    """They may be kills the Navi before it reported already."""
+    c = Core(ORIGIN, T0, 1, LIMITS, own_pid=99, cgroup_path=CGROUP)
+    c.first_log("2026-12-01 03:00:00,000 INFO spawned: 'navi' with pid 7\n" + FIRST_LOG)
+    n = deliver(c, exited(10, "web", pid=8), oom_kill=1)
+    assert n is not None and n.type == "crash"
+
+
+def test_a_saved_reading_wins_over_the_first_start() -> None:
+    c = first_navi(2, timedelta(seconds=30))
+    c.restore(decode(State, encode(last_state(1))), T0)
+    n = deliver(c, exited(10, "web", pid=8), oom_kill=2)
+    assert n is not None and n.type == "oom" and n.memory is not None and n.memory.oom_kill_rise == 1
+    assert not any("first Navi" in note for note in n.notes)
+    assert c.classifier.unclaimed_kills == 0
 
 
 def test_navi_killed_by_the_oom_killer_is_reported_as_navi_not_the_program() -> None:

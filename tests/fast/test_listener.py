@@ -153,7 +153,7 @@ def test_a_kill_seen_on_a_tick_is_left_to_the_death_in_the_log(world: FakeWorld)
     (oom,) = notifications(world)
     assert oom["type"] == "oom" and oom["process"]["name"] == "api"
     assert oom["memory"]["oom_kill"] == 1 and oom["memory"]["oom_kill_rise"] == 0
-    assert any("counted while reporting an earlier death" in note for note in oom["notes"])
+    assert any("ms before this death was reported" in note for note in oom["notes"])
 
 
 def test_a_kill_no_death_claims_is_the_containers(world: FakeWorld) -> None:
