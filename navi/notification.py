@@ -291,20 +291,39 @@ def decode(cls: type[T], data: bytes) -> T:
         raise FormatError(str(e)) from None
 
 
+_PLANS: dict[type, tuple[tuple[str, str, Any, bool], ...]] = {}
+
+
+def _plan(cls: type) -> tuple[tuple[str, str, Any, bool], ...]:
+    """Each field's name, key, type and whether it must be there: resolving
+    the type hints is most of a decode's time, so once per class."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = get_type_hints(cls, vars(sys.modules[cls.__module__]))
+        plan = _PLANS[cls] = tuple(
+            (
+                f.name,
+                f.metadata.get("alias", f.name),
+                hints[f.name],
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            )
+            for f in dataclasses.fields(cls)
+        )
+    return plan
+
+
 def _from_data(tp: Any, value: Any, where: str) -> Any:
     origin, args = get_origin(tp), get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise FormatError(f"{where or 'top'}: an object expected")
-        hints = get_type_hints(tp, vars(sys.modules[tp.__module__]))
         kwargs = {}
-        for f in dataclasses.fields(tp):
-            key = f.metadata.get("alias", f.name)
+        for name, key, hint, required in _plan(tp):
             if key in value:
-                kwargs[f.name] = _from_data(hints[f.name], value[key], f"{where}.{key}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                kwargs[name] = _from_data(hint, value[key], f"{where}.{key}")
+            elif required:
                 raise FormatError(f"{where}.{key}: missing")
-        return tp(**kwargs)  # type: ignore[operator]
+        return tp(**kwargs)
     if origin is Union:
         if value is None and type(None) in args:
             return None

@@ -23,6 +23,9 @@ from tests.helpers import MEMORY_LIMIT, Collector, E2ESandbox, SandboxFactory, d
 # No per-example deadline: a busy machine (CI, the VM and container tiers
 # beside) would fail a property for its timing, never for its truth.
 settings.register_profile("navi", deadline=None)
+# For your own loop (`--hypothesis-profile=quick`): a fifth of the examples.
+# The suite, and CI, run them all.
+settings.register_profile("quick", settings.get_profile("navi"), max_examples=20)
 settings.load_profile("navi")
 
 

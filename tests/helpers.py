@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import psutil
+from hypothesis import settings
 
 from navi import names
 from navi.consumer.inbox import Found
@@ -59,6 +60,12 @@ ORIGIN = Origin(
     own_name="navi",
     navi_version="test",
 )
+
+
+def examples(n: int) -> int:
+    """``n`` examples, scaled as the loaded profile scales hypothesis's
+    default of 100 (``--hypothesis-profile=quick`` runs a fifth)."""
+    return max(10, n * settings.default.max_examples // 100)
 
 
 def event(name: str, payload: str, serial: int = 1) -> Event:

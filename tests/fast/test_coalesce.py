@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from navi.listener.classify import Classifier, Evidence
 from navi.listener.coalesce import Coalescer, Outgoing, Rate, RateLimit
 from navi.notification import decode, encode
-from tests.helpers import ORIGIN, exited, fatal, memory, record
+from tests.helpers import ORIGIN, examples, exited, fatal, memory, record
 
 T0 = datetime(2026, 11, 24, 3, 0, tzinfo=timezone.utc)
 LIMIT = RateLimit(burst=3, pace=timedelta(seconds=60), quiet=timedelta(seconds=10))
@@ -125,7 +125,7 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(ops)
 def test_no_incident_is_lost_and_the_storm_ends_flushed(operations: list[tuple[str, int]]) -> None:
     c = Coalescer(LIMIT)

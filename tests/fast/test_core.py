@@ -22,6 +22,7 @@ from navi.listener.coalesce import RateLimit
 from navi.listener.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, WatchPids
 from navi.listener.protocol import Event
 from navi.notification import Notification, decode, encode
+from tests.helpers import examples
 
 T0 = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
 ORIGIN = Origin(
@@ -345,7 +346,7 @@ def run(
     return h, incidents
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     oom_streams, st.sets(st.integers(1, 600), max_size=40), st.sets(st.integers(1, 600), max_size=20), st.integers(1, 6)
 )
@@ -360,7 +361,7 @@ def test_killed_at_any_moment_no_count_is_lost(
     assert len(set(ids)) == len(ids)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(oom_streams, st.sets(st.integers(1, 600), max_size=40))
 def test_kills_change_nothing_that_is_written(stream: list[tuple[str, int]], kills: set[int]) -> None:
     """Neither a fresh burst for each new Navi, nor a file twice: the

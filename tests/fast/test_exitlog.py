@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from navi.listener.exitlog import MAX_PER_PROCESS, ExitLog, parse_exit
+from tests.helpers import examples
 
 T = "2026-11-24 23:00:00,123"
 
@@ -198,7 +199,7 @@ def test_memory_is_bounded_per_process() -> None:
     assert record is not None and record.code == 999 % 200
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     st.lists(
         st.tuples(

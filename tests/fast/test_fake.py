@@ -34,7 +34,7 @@ from navi.fake.scenario import (
 )
 from navi.fake.wire import Ready, Result, Supervisor, Violation, envelope_text
 from navi.listener.protocol import Event
-from tests.helpers import drive
+from tests.helpers import drive, examples
 
 # supervisor itself, to hold the fake to.  (Imported by name: it has no type
 # hints, and this repository's supervisor/ directory, the shipped
@@ -119,7 +119,7 @@ def acknowledged(sup: Supervisor) -> None:
     assert sup.receive_data(b"RESULT 2\nOK") == [Result(b"OK")]
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     st.lists(
         st.tuples(st.sampled_from(["PROCESS_STATE_EXITED", "TICK_5", "X"]), st.text(max_size=40), names), max_size=10
@@ -281,7 +281,7 @@ chunky = st.lists(
 ).map(b"".join)
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(chunky, st.lists(st.integers(0, 200), max_size=8))
 def test_verdicts_are_supervisors_own(output: bytes, cuts: list[int]) -> None:
     """Fed the same reads, supervisor's real dispatcher and the checker agree
@@ -352,7 +352,7 @@ def test_valid_output_is_accepted_with_its_results(bodies: list[bytes]) -> None:
     assert clean and results == bodies
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(st.lists(st.sampled_from([b"OK", b"FAIL", b"", b"\n"]), max_size=4), st.data())
 def test_exactly_valid_output_is_accepted(bodies: list[bytes], data: st.DataObject) -> None:
     """Mutated output (a byte inserted, dropped or changed anywhere) is
@@ -551,7 +551,7 @@ sentences = st.tuples(
 ).map(lambda t: f"{t[0]} {t[1]}{t[2] if 'crash-loops' not in t[1] else ''}")
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.lists(sentences, max_size=12))
 def test_every_scenario_is_a_walk_supervisord_can_take(lines: list[str]) -> None:
     """Per program, each event starts from the state the last one left, by

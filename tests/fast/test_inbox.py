@@ -34,7 +34,7 @@ from navi.consumer.entries import (
 from navi.names import MAX_SIZE, claim_names, in_order, order_key, reason_name
 from navi.names import notification_name as file_name
 from navi.notification import SCHEMA_VERSION, Notification
-from tests.helpers import sample
+from tests.helpers import examples, sample
 
 NOW = 1_800_000_000.0
 
@@ -191,7 +191,7 @@ def test_the_order_is_total_and_does_not_depend_on_the_listing(listing: list[str
     assert len(set(keys)) == len(keys)  # no two names tie
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(stamps, st.lists(st.integers(0, 10**12 - 1), unique=True, min_size=2, max_size=10))
 def test_navi_names_come_in_incident_order(started: datetime, serials: list[int]) -> None:
     written = [file_name(started, str(s)) for s in serials]

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from navi.listener.mainlog import FileLog, LogTail, LogUnavailable, RpcLog, new_lines
 from navi.listener.procs import Identity, identity
+from tests.helpers import examples
 
 
 class GrowingLog:
@@ -102,7 +103,7 @@ def test_new_lines_needs_more_when_the_anchor_is_out_of_sight() -> None:
     assert new_lines("xa\nb\n", "a", whole=True) == ("xa\nb\n", "xa\nb")  # "xa" is not the line "a"
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.lists(st.tuples(st.lists(st.text(alphabet="abcé é\t", max_size=20), max_size=5), st.booleans()), max_size=20))
 def test_every_line_is_read_exactly_once(writes: list[tuple[list[str], bool]]) -> None:
     # Each line starts with a distinct stamp, as supervisord's carry the time

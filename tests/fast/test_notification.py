@@ -14,18 +14,19 @@ from hypothesis import strategies as st
 
 from navi.consumer import schema
 from navi.notification import SCHEMA_VERSION, FormatError, Notification, decode
+from tests.helpers import examples
 
 st.register_type_strategy(datetime, st.datetimes(timezones=st.just(timezone.utc), min_value=datetime(2000, 1, 1)))
 notifications = st.builds(Notification, schema_version=st.just(SCHEMA_VERSION))
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(notifications)
 def test_what_is_written_reads_back_the_same(n: Notification) -> None:
     assert decode(Notification, n.to_json()) == n
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(notifications)
 def test_consumers_accept_what_the_listener_writes(n: Notification) -> None:
     assert schema.parse(n.to_json()) == n

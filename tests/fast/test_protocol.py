@@ -13,7 +13,7 @@ from navi.listener.protocol import (
     Event,
     Listener,
 )
-from tests.helpers import drive, envelope
+from tests.helpers import drive, envelope, examples
 
 
 def test_one_event_is_parsed_and_acknowledged() -> None:
@@ -163,7 +163,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return chunks
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(streams, st.lists(st.integers(0, 10**6), max_size=30))
 def test_any_valid_stream_split_anywhere_gives_the_same_events(events: list[tuple[str, str]], cuts: list[int]) -> None:
     data = b"".join(envelope(name, payload, serial) for serial, (name, payload) in enumerate(events))
@@ -174,7 +174,7 @@ def test_any_valid_stream_split_anywhere_gives_the_same_events(events: list[tupl
     assert out == READY + (OK + READY) * len(events)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.lists(st.binary(max_size=300), max_size=20))
 def test_any_input_yields_only_protocol_tokens(chunks: list[bytes]) -> None:
     results, out = drive([c for c in chunks if c])
