@@ -70,6 +70,8 @@ class Readings:
     memory: Optional[MemorySnapshot] = None
     memory_problem: Optional[str] = None  # why there is no memory cgroup
     rss: Optional[tuple[RssSample, ...]] = None
+    # Read with the memory, after it: watched programs dead, not yet handled.
+    dying: int = 0
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,10 @@ class Core:
         self._baseline_new = True
         self._first_kills = 0  # counted before this first Navi's first reading, and not claimed yet
         self._first_checked = False
+        # Kills from the gap before this Navi, which deaths logged before it
+        # started may claim: their events are buffered for it, and a TICK
+        # delivered first must not call those kills the container's.
+        self._gap = False
         self._handled = 0  # events
         self._saved: Optional[tuple[object, ...]] = None
         self._saved_tidy: Optional[tuple[object, ...]] = None
@@ -215,6 +221,7 @@ class Core:
             self.classifier.resume(counter.oom_kill, counter.kills)
             self._baseline_new = False
             self._first_kills = 0
+            self._gap = True
         return [Publish(out) for out in state.outbox]
 
     # -- events --------------------------------------------------------------
@@ -280,6 +287,8 @@ class Core:
         self._handled += 1
         self.running.track(event)
         notification = self._decide(incident, event, readings)
+        if (readings.memory_read or readings.oom_kill_read) and not self.classifier.unclaimed_kills:
+            self._gap = False  # the gap's kills are placed
         out: list[Outgoing] = []
         if notification is not None:
             name = notification_name(self._stamp, event.header.get("serial", ""))
@@ -338,7 +347,9 @@ class Core:
             memory=snapshot,
             memory_problem=readings.memory_problem,
             sigkills_waiting=self.exit_log.sigkills_waiting(),
-            exits_waiting=self.exit_log.waiting(),
+            # A death not logged yet (supervisord reaps it a moment later)
+            # holds a kill back from being called the container's too.
+            exits_waiting=self.exit_log.waiting(unseen=self._gap) + readings.dying,
             rss=self._rss,
         )
 

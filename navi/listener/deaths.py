@@ -29,6 +29,8 @@ class DeathWatch:
         self._pids: dict[int, int] = {}  # pidfd -> pid
         self.enabled = hasattr(os, "pidfd_open") and wake is not None
         self._wake_failed = False
+        # Seen dead, their events not handled yet (watch() still wants them).
+        self._fired: set[int] = set()
 
     def watch(self, pids: Iterable[int]) -> None:
         """Watch exactly these pids (the running programs)."""
@@ -37,8 +39,9 @@ class DeathWatch:
         wanted = set(pids)
         for pid in [p for p in self._fds if p not in wanted]:
             self._forget(pid)
+        self._fired &= wanted
         dead = False
-        for pid in wanted.difference(self._fds):
+        for pid in wanted.difference(self._fds, self._fired):
             try:
                 fd = os.pidfd_open(pid)
             except OSError as e:
@@ -67,12 +70,21 @@ class DeathWatch:
                 dead = [self._pids[f] for f in ready if f in self._pids]
                 for pid in dead:
                     self._forget(pid)
+                    self._fired.add(pid)
                 if dead:  # one wake for all: supervisord reaps every dead child in one pass
                     self._wake_supervisord()
                 if fd in ready:
                     return
         finally:
             self._poll.unregister(fd)
+
+    def dying(self) -> int:
+        """Watched programs dead now whose events are not handled yet: an OOM
+        kill counted meanwhile may be theirs, before supervisord logs it."""
+        if not self.enabled:
+            return 0
+        ready = sum(1 for fd, _ in self._poll.poll(0) if fd in self._pids)
+        return ready + len(self._fired)
 
     def _forget(self, pid: int) -> None:
         fd = self._fds.pop(pid)

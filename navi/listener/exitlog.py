@@ -49,6 +49,9 @@ class ExitRecord:
     # handled its event already, so it is only ever matched by pid.  (When
     # the spawn line is older than what was read, nothing read is stale.)
     stale: bool = False
+    # Logged after an earlier Navi had ended (stopped or died) and before
+    # this one was spawned: its event is certainly buffered for this one.
+    unseen: bool = False
 
     @property
     def signal_name(self) -> Optional[str]:
@@ -97,6 +100,7 @@ class ExitLog:
         self._own_pid = own_pid
         self._own_spawn_seen = False
         self._own_spawns = 0  # spawned: lines of our name in this supervisord's lifetime
+        self._own_ended = False  # our name's last line was its end, not a spawn
         self._pids: dict[str, int] = {}
         self._records: OrderedDict[str, deque[ExitRecord]] = OrderedDict()
         self._partial = ""
@@ -141,14 +145,19 @@ class ExitLog:
             name, pid = spawned["name"], int(spawned["pid"])
             self._pids[name] = pid
             self._own_spawns += name == self._own_name
+            self._own_ended = self._own_ended and name != self._own_name
             if name == self._own_name and pid == self._own_pid:
                 self._own_spawn_seen = True
                 self._mark_stale()
             return
+        if self._own_name is not None and message.startswith(
+            (f"stopped: {self._own_name} ", f"exited: {self._own_name} ")
+        ):
+            self._own_ended = True
         record = parse_exit(message)
         if record is None or record.expected:
             return
-        record = replace(record, pid=self._pids.get(record.name), line=line)
+        record = replace(record, pid=self._pids.get(record.name), line=line, unseen=self._own_ended)
         queue = self._records.get(record.name)
         if queue is None:
             queue = self._records[record.name] = deque(maxlen=MAX_PER_PROCESS)
@@ -161,9 +170,10 @@ class ExitLog:
         """The records of supervised programs: not Navi's own."""
         return [queue for name, queue in self._records.items() if name != self._own_name]
 
-    def waiting(self) -> int:
-        """Unexpected deaths logged whose events have not been handled yet."""
-        return sum(1 for queue in self._programs() for r in queue if not r.stale)
+    def waiting(self, unseen: bool = False) -> int:
+        """Unexpected deaths logged whose events have not been handled yet;
+        with ``unseen``, also those logged while no Navi ran, before this one."""
+        return sum(1 for queue in self._programs() for r in queue if not r.stale or (unseen and r.unseen))
 
     def sigkills_waiting(self) -> int:
         """Deaths by SIGKILL (or a shell's 137) logged and not yet taken."""

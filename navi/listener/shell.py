@@ -203,6 +203,7 @@ class Shell:
                 memory_read=True,
                 memory=cgroup.read(self._cgroup) if self._cgroup else None,
                 memory_problem=self._cgroup_problem or None,
+                dying=self.deaths.dying(),
             )
         elif need.oom_kill:
             changes.update(oom_kill_read=True, oom_kill=cgroup.read_oom_kill(self._cgroup) if self._cgroup else None)

@@ -33,7 +33,9 @@ LATE_NAVI = "sh -c 'while [ ! -e {mnt}/tmp/go ]; do sleep 0.1; done; exec navi l
 
 
 def assert_oom_of_hog(box: E2ESandbox) -> dict[str, Any]:
-    [oom] = box.wait_notifications(1, timeout=30)
+    found = box.wait_notifications(1, timeout=30)
+    assert len(found) == 1, [(n["type"], n["summary"], n["notes"]) for n in found]
+    [oom] = found
     assert oom["type"] == "oom", oom
     assert oom["process"]["name"] == "hog" and oom["exit"]["signal"] == "SIGKILL"
     assert oom["memory"]["oom_kill"] >= 1

@@ -97,6 +97,20 @@ def test_a_tick_reads_the_counter_and_only_looks_further_when_it_rose() -> None:
     assert published.type == "oom" and published.process.name is None and published.count == 1
 
 
+def test_a_kill_counted_at_a_tick_waits_for_a_death_not_logged_yet() -> None:
+    """The OOM killer's victim is dead (its pidfd said so) but supervisord
+    has not reaped and logged it when a TICK counts the kill: the kill is
+    the victim's when its event comes, not the container's at that TICK."""
+    c = core(baseline=2)
+    at_tick = Readings(T0, oom_kill_read=True, oom_kill=3, rss=(), log_read=True, memory_read=True)
+    actions = c.handle(tick(1), replace(at_tick, memory=snapshot(3), dying=1))
+    assert not [a for a in actions if isinstance(a, Publish)]
+    log = "2026-12-01 03:00:05,000 WARN exited: web (terminated by SIGKILL; not expected)\n"
+    later = Readings(T0 + timedelta(seconds=1), log_read=True, log=log, memory_read=True, memory=snapshot(3))
+    (published,) = [a.out.notification for a in c.handle(exited(2, "web"), later) if isinstance(a, Publish)]
+    assert published.type == "oom" and published.process.name == "web"
+
+
 def test_running_programs_are_tracked_to_watch_and_sample() -> None:
     c = core()
     running = "processname:web groupname:web from_state:STARTING pid:42"
@@ -448,6 +462,23 @@ def test_a_kill_counted_while_no_navi_ran_is_placed_on_the_death_delivered_later
     n = deliver(c, exited(10, "web", pid=8), oom_kill=1)
     assert n is not None and n.type == "oom" and n.process.name == "web"
     assert n.memory is not None and n.memory.oom_kill_rise == 1
+
+
+def test_a_tick_delivered_before_the_death_leaves_the_gaps_kill_to_it() -> None:
+    """Navi stopped, web OOM-killed, Navi started: supervisord's buffer holds
+    a TICK before web's EXITED.  The kill waits for web's event."""
+    c = Core(ORIGIN, T0, 1, LIMITS, own_pid=99, cgroup_path=CGROUP)
+    c.first_log(
+        "2026-12-01 03:00:00,000 INFO spawned: 'navi' with pid 7\n"
+        "2026-12-01 03:00:00,100 INFO spawned: 'web' with pid 8\n"
+        "2026-12-01 03:00:04,000 INFO stopped: navi (terminated by SIGTERM)\n"
+        "2026-12-01 03:00:05,000 WARN exited: web (terminated by SIGKILL; not expected)\n"
+        "2026-12-01 03:00:09,000 INFO spawned: 'navi' with pid 99\n"
+    )
+    c.restore(decode(State, encode(last_state(0))), T0)
+    assert deliver(c, tick(9), oom_kill=1) is None
+    n = deliver(c, exited(10, "web", pid=8), oom_kill=1)
+    assert n is not None and n.type == "oom" and n.process.name == "web"
 
 
 def test_without_a_last_reading_the_death_is_a_crash_that_says_the_baseline_is_new() -> None:

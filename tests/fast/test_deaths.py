@@ -53,6 +53,28 @@ def test_a_death_wakes_supervisord_once(pipe: Pipe) -> None:
     assert not pidfds()
 
 
+def test_a_death_is_dying_until_its_event_is_handled(pipe: Pipe) -> None:
+    """Dead, then woken for, then no longer watched (its EXITED handled)."""
+    child = subprocess.Popen(["sleep", "60"])
+    other = subprocess.Popen(["sleep", "60"])
+    watch = DeathWatch(pipe.wake)
+    watch.watch([child.pid, other.pid])
+    assert watch.dying() == 0
+    child.kill()
+    child.wait()
+    assert watch.dying() == 1  # before supervisord is woken
+    watch.wait_for_input(pipe.read_fd)
+    assert watch.dying() == 1  # woken: its event is on its way
+    watch.watch([child.pid, other.pid])  # an unrelated change: still dying, not watched again
+    assert watch.dying() == 1 and pipe.wakes == 1
+    watch.watch([other.pid])
+    assert watch.dying() == 0
+    other.kill()
+    other.wait()
+    watch.watch([])
+    assert not pidfds()
+
+
 def test_deaths_together_make_one_wake(pipe: Pipe) -> None:
     """supervisord reaps all its dead children in one pass: a burst of
     deaths is one call, not one each (200 calls took 25 s in a burst)."""
