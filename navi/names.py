@@ -16,16 +16,20 @@ MAX_SIZE = 1 << 20
 STATE_FILE = ".navi-state.json"
 MAX_STATE_SIZE = 16 << 20
 
-_NOTIFICATION = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)-(\d{12})(?:\.(\d+))?\.json$")
+_NOTIFICATION = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)-(\d{12})(?:_(\d+))?(?:\.(\d+))?\.json$")
 _TEMP = re.compile(r"^\..+\.json\.(?P<pid>\d+)\.\d+\.tmp$")
 
 
-def notification_name(stamp: datetime, serial: str) -> str:
+def notification_name(stamp: datetime, serial: str, nth: int = 0) -> str:
     """``<supervisord start>-<serial>.json``: sorts in incident order, is the
     same for a redelivered event (however it is classified the second time),
-    and holds no text from the event."""
+    and holds no text from the event.  An event's second notification and
+    later ones (a crash loop beginning with a crash; an episode seen between
+    two events, after the first) are ``<start>-<serial>_<nth>.json``, which
+    a plain sort puts after the event's first, as Navi's order does."""
     number = int(serial) if serial.isdigit() else 0
-    return f"{stamp:%Y%m%dT%H%M%S.%fZ}-{number:012d}.json"
+    more = f"_{nth}" if nth else ""
+    return f"{stamp:%Y%m%dT%H%M%S.%fZ}-{number:012d}{more}.json"
 
 
 def beside(name: str) -> list[str]:
@@ -43,20 +47,21 @@ def skipped(name: str) -> Optional[str]:
     return None
 
 
-def parse(name: str) -> Optional[tuple[str, int, int]]:
+def parse(name: str) -> Optional[tuple[str, int, int, int]]:
     """A notification's name as (supervisord's start, the event's serial,
-    which name beside a taken one: 0 for its own); None for any other."""
+    which of the event's notifications, which name beside a taken one: 0 for
+    its own); None for any other."""
     m = _NOTIFICATION.match(name)
-    return None if m is None else (m.group(1), int(m.group(2)), int(m.group(3) or 0))
+    return None if m is None else (m.group(1), int(m.group(2)), int(m.group(3) or 0), int(m.group(4) or 0))
 
 
-def order_key(name: str) -> tuple[int, str, int, int, str]:
+def order_key(name: str) -> tuple[int, str, int, int, int, str]:
     """Sort key: Navi's names in the order of the incidents (supervisord's
-    start, then the event's serial, then a name written beside a taken one),
-    and any other name after them.  Never by mtime, which the application
-    can set."""
+    start, then the event's serial and which of its notifications, then a
+    name written beside a taken one), and any other name after them.  Never
+    by mtime, which the application can set."""
     parts = parse(name)
-    return (1, "", 0, 0, name) if parts is None else (0, *parts, name)
+    return (1, "", 0, 0, 0, name) if parts is None else (0, *parts, name)
 
 
 def in_order(names: list[str]) -> list[str]:

@@ -22,7 +22,12 @@ from typing import Any, Literal, Optional, TypeVar, Union, get_args, get_origin,
 
 SCHEMA_VERSION = 1
 
-Kind = Literal["crash", "oom", "fatal"]
+# crash, oom and fatal are incidents: a death, or supervisord giving up.
+# crash_loop and pressure are episodes, each written when it begins and
+# when it ends (new in 2.1: see docs/format.md#versions).
+Kind = Literal["crash", "oom", "fatal", "crash_loop", "pressure"]
+EPISODES = ("crash_loop", "pressure")
+Phase = Literal["began", "ended"]
 
 
 def _doc(description: str, *examples: Any) -> dict[str, Any]:
@@ -104,6 +109,112 @@ class MemoryInfo:
 
 
 @dataclass(frozen=True)
+class StreamTail:
+    lines: list[str] = field(
+        metadata=_doc(
+            "its last lines, oldest first: at most 40 and 4 KiB. Invalid UTF-8 and NUL bytes are replaced "
+            "by U+FFFD; anything else is as the program wrote it (escape sequences included)",
+            ["Error: Cannot find module 'express'"],
+        )
+    )
+    file: Optional[str] = field(metadata=_doc("the log file they were read from", "/mnt/log/web-stderr.log"))
+    cut: bool = field(
+        metadata=_doc(
+            "earlier output is left out: more than 40 lines or 4 KiB, or the first line is the end of a longer one",
+            False,
+        )
+    )
+    unavailable: Optional[str] = field(
+        metadata=_doc(
+            "why there are no lines, when there are none to be had",
+            None,
+            "stderr goes to stdout (redirect_stderr=true)",
+            "stdout_logfile=NONE: supervisord keeps no log of it",
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Output:
+    stderr: StreamTail = field(metadata=_doc("the end of the program's stderr"))
+    stdout: StreamTail = field(metadata=_doc("the end of the program's stdout"))
+    at_death: bool = field(
+        metadata=_doc(
+            "read the moment Navi saw the process die, before supervisord could start it again; false when "
+            "read later, at its event (no pidfd watched it): then the lines may end with the restarted "
+            "process's first output",
+            True,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Deaths:
+    total: int = field(
+        metadata=_doc("unexpected deaths of this program since supervisord started (like restartCount)", 12)
+    )
+    recent: int = field(metadata=_doc("of those, in the last window_seconds", 5))
+    window_seconds: int = field(metadata=_doc("the window of recent (a setting; 600 by default)", 600))
+    crash_loop: bool = field(metadata=_doc("whether the program is in a crash loop now", True))
+
+
+@dataclass(frozen=True)
+class CrashLoop:
+    phase: Phase = field(metadata=_doc("began: the program entered a crash loop; ended: it left it", "began"))
+    began: datetime = field(metadata=_doc("when it entered the loop", "2026-11-24T23:40:01.002000Z"))
+    ended: Optional[datetime] = field(metadata=_doc("when it left it; null while it lasts", None))
+    why_ended: Optional[str] = field(
+        metadata=_doc("why Navi says it is over", None, "up for 600 s without dying", "stopped", "FATAL")
+    )
+    deaths: int = field(metadata=_doc("deaths within the loop so far", 5))
+    first_death: datetime = field(
+        metadata=_doc("the first death of the loop (within the window before it began)", "2026-11-24T23:38:12Z")
+    )
+    last_death: datetime = field(metadata=_doc("the last death so far", "2026-11-24T23:40:01.002000Z"))
+
+
+@dataclass(frozen=True)
+class Pressure:
+    phase: Phase = field(
+        metadata=_doc(
+            "began or ended: a pressure notification's own episode; in an oom, the episode the kill came in", "began"
+        )
+    )
+    episode: str = field(
+        metadata=_doc(
+            "the id of the pressure notification that began the episode",
+            "web-7f9c2:5f8b48f3-5e61-4ce9-9be0-a8ce76da2f0f:1:614770:pressure:20261124T233905.120000Z",
+        )
+    )
+    began: datetime = field(metadata=_doc("when it began", "2026-11-24T23:39:05.120000Z"))
+    ended: Optional[datetime] = field(metadata=_doc("when it ended; null while it lasts", None))
+    working_set_bytes: Optional[int] = field(
+        metadata=_doc(
+            "usage without the page cache the kernel can drop (inactive_file), as the kubelet counts it", 161480704
+        )
+    )
+    limit_bytes: Optional[int] = field(metadata=_doc("the memory limit", 201326592))
+    peak_working_set_bytes: Optional[int] = field(
+        metadata=_doc("the highest working set seen in the episode", 188743680)
+    )
+    limit_hits: Optional[int] = field(
+        metadata=_doc(
+            "charges that hit the limit since the episode began (v1 memory.failcnt, v2 memory.events max)", 112
+        )
+    )
+    throttled: Optional[int] = field(
+        metadata=_doc("v2: times over memory.high since the episode began (memory.events high); else null", 0)
+    )
+    stall_some_avg10: Optional[float] = field(
+        metadata=_doc(
+            "v2 PSI (memory.pressure): share of the last 10 s, in %, that some task stalled on memory; else null",
+            4.5,
+        )
+    )
+    stall_full_avg10: Optional[float] = field(metadata=_doc("likewise, all tasks at once; else null", 0.8))
+
+
+@dataclass(frozen=True)
 class Coalesced:
     first: datetime = field(
         metadata=_doc(
@@ -154,7 +265,12 @@ class Notification:
             "web-7f9c2:5f8b48f3-5e61-4ce9-9be0-a8ce76da2f0f:1:614770:24",
         )
     )
-    type: Kind = field(metadata=_doc("crash, oom or fatal", "oom"))
+    type: Kind = field(
+        metadata=_doc(
+            "crash, oom or fatal (incidents); crash_loop or pressure (episodes: written as each begins and ends)",
+            "oom",
+        )
+    )
     time: datetime = field(metadata=_doc("when Navi observed the incident (UTC)", "2026-11-24T23:39:09.399933Z"))
     summary: str = field(
         metadata=_doc(
@@ -214,6 +330,27 @@ class Notification:
     )
     coalesced: Optional[Coalesced] = field(
         metadata=_doc("when count > 1: the span of the incidents folded in"), default=None
+    )
+    output: Optional[Output] = field(
+        metadata=_doc(
+            "crash, oom, fatal and crash_loop of a program: the end of what it wrote before it died (its last "
+            "words); null when Navi was told not to read them (--no-output-tail) or the notification is not "
+            "about one program"
+        ),
+        default=None,
+    )
+    deaths: Optional[Deaths] = field(
+        metadata=_doc("every notification about a program: how often it has died unexpectedly"), default=None
+    )
+    crash_loop: Optional[CrashLoop] = field(
+        metadata=_doc("crash_loop notifications: the loop's begin or end, and its deaths"), default=None
+    )
+    pressure: Optional[Pressure] = field(
+        metadata=_doc(
+            "pressure notifications: the episode's begin or end and its evidence; in an oom, the episode the "
+            "kill came in"
+        ),
+        default=None,
     )
 
     def to_json(self) -> bytes:

@@ -50,10 +50,12 @@ class Log:
 @dataclass(frozen=True)
 class Memory:
     """The memory cgroup changes: the ``oom_kill`` counter's new value; at an
-    OOM kill, usage and peak are at the limit."""
+    OOM kill, peak is at the limit (and the victim's memory freed); or the
+    share of the limit the container uses now."""
 
     oom_kill: int
     at_limit: bool
+    share: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,15 @@ class Supervisord:
             self._out.append(Send(parts[1], parts[2] if len(parts) > 2 else ""))
         elif head == "oom_kill":
             self._set_oom_kill(tokens[1:], text)
+        elif head == "memory":
+            value = tokens[1] if len(tokens) == 2 else ""
+            try:
+                share = float(value[:-1]) / 100 if value.endswith("%") else -1.0
+            except ValueError:
+                share = -1.0
+            if not 0 <= share <= 1:
+                raise ScenarioError(f"{text!r}: say memory N% (the share of the limit in use, 0 to 100)")
+            self._out.append(Memory(self.oom_kill, False, share))
         else:
             self._sentence(tokens, text)
         return self.take()

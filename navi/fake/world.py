@@ -40,8 +40,6 @@ V2_MOUNTINFO = (
     "1210 1203 0:30 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup rw,nsdelegate\n"
 )
 ROUTINE_USAGE = 24 << 20
-# What is left charged just after the kernel killed for the limit.
-OOM_SLACK = 196608
 
 
 class FakeWorld:
@@ -100,16 +98,20 @@ class FakeWorld:
         if isinstance(step, Log):
             self.append_log(step.line)
         elif isinstance(step, Memory):
+            if step.share is not None:
+                self.usage = int(self.limit * step.share)
+                self.peak = max(self.peak, self.usage)
             self.set_oom_kill(step.oom_kill, step.at_limit)
 
     def append_log(self, line: str) -> None:
         write_all(self._log_fd, (line + "\n").encode("utf-8", "surrogateescape"))
 
     def set_oom_kill(self, value: int, at_limit: bool = False) -> None:
-        """The counter's new value; at an OOM kill usage and peak reach the limit."""
+        """The counter's new value; at an OOM kill peak reaches the limit, and
+        usage falls back (the victim's memory is freed)."""
         if at_limit:
             self.failcnt += 41 * max(1, value - self.oom_kill)
-            self.usage = self.limit - OOM_SLACK
+            self.usage = ROUTINE_USAGE
             self.peak = self.limit
         self.oom_kill = value
         self._write_memory()

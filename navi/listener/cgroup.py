@@ -6,6 +6,7 @@ CgroupError; `read` never raises, it lists what it could not read."""
 # typing.get_type_hints) on Python 3.9, where "int | None" fails at runtime.
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -43,6 +44,19 @@ class MemorySnapshot:
     peak_bytes: Optional[int]
     oom_kill: Optional[int]
     problems: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PressureReading:
+    """What says how close the container is to its memory limit."""
+
+    limit_bytes: Optional[int]  # None = no limit
+    usage_bytes: Optional[int]
+    inactive_file_bytes: Optional[int]  # page cache the kernel drops first
+    limit_hits: Optional[int]  # v1 memory.failcnt, v2 memory.events max: only ever grow
+    throttled: Optional[int]  # v2 memory.events high
+    stall_some_avg10: Optional[float]  # v2 PSI, memory.pressure
+    stall_full_avg10: Optional[float]
 
 
 class CgroupLine(NamedTuple):
@@ -262,6 +276,62 @@ def read_oom_kill(cgroup: MemoryCgroup) -> Optional[int]:
     return value
 
 
+def parse_psi(text: str) -> dict[str, float]:
+    """memory.pressure: "some avg10=0.00 avg60=... total=N" and a "full"
+    line: each line's avg10."""
+    found = {}
+    for line in text.split("\n"):
+        kind, _, rest = line.partition(" ")
+        for item in rest.split():
+            name, _, value = item.partition("=")
+            if name == "avg10":
+                with contextlib.suppress(ValueError):
+                    found[kind] = float(value)
+    return found
+
+
+def _limit(cgroup: MemoryCgroup, problems: list[str]) -> tuple[Optional[int], dict[str, int]]:
+    """The limit, and memory.stat on v1 (read for it)."""
+    if cgroup.version == 1:
+        _, own = _value(os.path.join(cgroup.path, "memory.limit_in_bytes"), lambda t: parse_limit(t, 1), problems)
+        # A parent may carry the real limit; memory.stat shows the effective one.
+        stat = _flat(cgroup, "memory.stat", problems)
+        hier = stat.get("hierarchical_memory_limit")
+        return _smallest(own, hier if hier is not None and hier < _V1_UNLIMITED else None), stat
+    ok, limit = _value(os.path.join(cgroup.path, "memory.max"), lambda t: parse_limit(t, 2), problems)
+    if ok and limit is None:  # "max" here may still be capped by an ancestor
+        limit = _v2_ancestor_limit(cgroup)
+    return limit, {}
+
+
+def _flat(cgroup: MemoryCgroup, name: str, problems: list[str]) -> dict[str, int]:
+    try:
+        return parse_flat_keyed(_read_file(os.path.join(cgroup.path, name), _FILE_CAP))
+    except (OSError, ValueError) as e:
+        problems.append(f"cannot read {os.path.join(cgroup.path, name)}: {_reason(e)}")
+        return {}
+
+
+def read_pressure(cgroup: MemoryCgroup) -> PressureReading:
+    """The figures of memory pressure.  Never raises: what cannot be read is None."""
+    problems: list[str] = []  # said by read() in notifications; here only figures count
+    limit, stat = _limit(cgroup, problems)
+    if cgroup.version == 1:
+        _, usage = _value(os.path.join(cgroup.path, "memory.usage_in_bytes"), parse_count, problems)
+        _, hits = _value(os.path.join(cgroup.path, "memory.failcnt"), parse_count, problems)
+        return PressureReading(limit, usage, stat.get("total_inactive_file"), hits, None, None, None)
+    _, usage = _value(os.path.join(cgroup.path, "memory.current"), parse_count, problems)
+    stat = _flat(cgroup, "memory.stat", problems)
+    events = _flat(cgroup, "memory.events", problems)
+    try:
+        psi = parse_psi(_read_file(os.path.join(cgroup.path, "memory.pressure"), _FILE_CAP))
+    except (OSError, ValueError):
+        psi = {}  # no PSI in this kernel (CONFIG_PSI, psi=0)
+    return PressureReading(
+        limit, usage, stat.get("inactive_file"), events.get("max"), events.get("high"), psi.get("some"), psi.get("full")
+    )
+
+
 def read(cgroup: MemoryCgroup) -> MemorySnapshot:
     """Current memory figures of `cgroup`. Never raises."""
     problems: list[str] = []
@@ -276,19 +346,14 @@ def read(cgroup: MemoryCgroup) -> MemorySnapshot:
 
     limit = usage = peak = oom_kill = None
     if cgroup.version == 1:
-        _, own = get("memory.limit_in_bytes", lambda t: parse_limit(t, 1))
-        # A parent may carry the real limit; memory.stat shows the effective one.
-        _, hier = get("memory.stat", key("hierarchical_memory_limit"))
-        limit = _smallest(own, hier if hier is not None and hier < _V1_UNLIMITED else None)
+        limit, _ = _limit(cgroup, problems)
         _, usage = get("memory.usage_in_bytes")
         _, peak = get("memory.max_usage_in_bytes")
         ok, oom_kill = get("memory.oom_control", key("oom_kill"))
         if ok and oom_kill is None:
             problems.append("memory.oom_control has no oom_kill counter (kernel older than 4.13)")
     elif cgroup.version == 2:
-        ok, limit = get("memory.max", lambda t: parse_limit(t, 2))
-        if ok and limit is None:  # "max" here may still be capped by an ancestor
-            limit = _v2_ancestor_limit(cgroup)
+        limit, _ = _limit(cgroup, problems)
         _, usage = get("memory.current")
         _, peak = get("memory.peak", optional=True)  # Linux 5.19+
         ok, oom_kill = get("memory.events", key("oom_kill"))

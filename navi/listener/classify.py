@@ -21,10 +21,12 @@ from navi.listener.procs import RssSample
 from navi.listener.protocol import Event
 from navi.notification import (
     SCHEMA_VERSION,
+    CrashLoop,
     ExitInfo,
     Kind,
     MemoryInfo,
     Notification,
+    Pressure,
     ProcessInfo,
     ProgramMemory,
     Source,
@@ -156,14 +158,8 @@ class Classifier:
         key = f"{group}:{name}"
         if incident is Incident.FATAL:
             kind: Kind = "fatal"
-            exit_info = self._last_exit.pop(key, None) or ExitInfo(
-                code=None,
-                signal=None,
-                signal_number=None,
-                core_dumped=None,
-                during_startup=True,
-                log_line=None,
-                unavailable="FATAL carries no exit status and Navi saw no earlier exit of it",
+            exit_info = self._last_exit.get(key) or no_exit(
+                "FATAL carries no exit status and Navi saw no earlier exit of it", startup=True
             )
             summary = summaries.fatal(name, exit_info)
             pid = None
@@ -183,9 +179,39 @@ class Classifier:
             event, evidence, kind, summary, ProcessInfo(name=name, group=group, pid=pid), exit_info, memory, notes
         )
 
+    def id_prefix(self) -> str:
+        """What every id of this supervisord's lifetime begins with."""
+        return f"{self.origin.host}:{self.origin.supervisord_key}:"
+
+    def last_exit(self, key: str) -> Optional[ExitInfo]:
+        """How the program ``group:name`` last died, as far as Navi saw."""
+        return self._last_exit.get(key)
+
+    def crash_loop(
+        self, event: Event, process: ProcessInfo, loop: CrashLoop, last: Optional[ExitInfo], now: datetime
+    ) -> Notification:
+        """A crash loop's begin or end, with the program's last exit."""
+        exit_info = last or no_exit("Navi saw no exit of it")
+        summary = summaries.crash_loop(process.name or "", loop, exit_info)
+        n = self._notification(event, Evidence(observed_at=now), "crash_loop", summary, process, exit_info, None, [])
+        return replace(n, crash_loop=loop)
+
+    def pressure(
+        self, change: Pressure, snapshot: Optional[MemorySnapshot], rss: tuple[RssSample, ...], now: datetime
+    ) -> Notification:
+        """A pressure episode's begin or end, with who held the memory."""
+        notes: list[str] = []
+        memory = _memory_info(Evidence(observed_at=now, memory=snapshot), None, None, notes)
+        if memory is not None:
+            memory = _with_programs(memory, rss, victim=None)
+        summary = summaries.pressure(change, memory)
+        exit_info = no_exit("a pressure notification: no program died")
+        n = self._notification(None, Evidence(observed_at=now), "pressure", summary, nobody(), exit_info, memory, notes)
+        return replace(n, pressure=change)
+
     def _notification(
         self,
-        event: Event,
+        event: Optional[Event],
         evidence: Evidence,
         kind: Kind,
         summary: str,
@@ -197,7 +223,7 @@ class Classifier:
     ) -> Notification:
         return Notification(
             schema_version=SCHEMA_VERSION,
-            id=event_id(self.origin, event),
+            id=event_id(self.origin, event) if event is not None else self.id_prefix(),
             type=kind,
             time=evidence.observed_at,
             count=count,
@@ -206,8 +232,8 @@ class Classifier:
             exit=exit_info,
             memory=memory,
             notes=notes,
-            header=dict(event.header),
-            metadata=dict(event.fields),
+            header=dict(event.header) if event is not None else {},
+            metadata=dict(event.fields) if event is not None else {},
             source=Source(
                 host=self.origin.host,
                 supervisord_pid=self.origin.supervisord_pid,
@@ -246,17 +272,8 @@ class Classifier:
             summary = summaries.own_oom(process.name or "navi", memory)
             return self._notification(event, evidence, "oom", summary, process, exit_info, memory, notes)
         summary = summaries.container_oom(due, memory)
-        exit_info = ExitInfo(
-            code=None,
-            signal=None,
-            signal_number=None,
-            core_dumped=None,
-            during_startup=False,
-            log_line=None,
-            unavailable="no supervised program exited: the process killed is not one supervisord runs",
-        )
-        process = ProcessInfo(name=None, group=None, pid=None)
-        return self._notification(event, evidence, "oom", summary, process, exit_info, memory, notes, count=due)
+        exit_info = no_exit("no supervised program exited: the process killed is not one supervisord runs")
+        return self._notification(event, evidence, "oom", summary, nobody(), exit_info, memory, notes, count=due)
 
     def _own_death(self, event: Event, evidence: Evidence) -> None:
         """A previous Navi died by SIGKILL while kills were counted: the OOM
@@ -360,18 +377,28 @@ def _with_programs(memory: MemoryInfo, samples: tuple[RssSample, ...], victim: O
     return replace(memory, programs=listed[:MAX_PROGRAMS_LISTED], victim=own)
 
 
+def nobody() -> ProcessInfo:
+    """The process of a notification about the whole container."""
+    return ProcessInfo(name=None, group=None, pid=None)
+
+
+def no_exit(why: str, startup: bool = False) -> ExitInfo:
+    """The exit of a notification that has none to tell, and why."""
+    return ExitInfo(
+        code=None,
+        signal=None,
+        signal_number=None,
+        core_dumped=None,
+        during_startup=startup,
+        log_line=None,
+        unavailable=why,
+    )
+
+
 def _exit_info(evidence: Evidence, startup: bool) -> ExitInfo:
     record = evidence.exit
     if record is None:
-        return ExitInfo(
-            code=None,
-            signal=None,
-            signal_number=None,
-            core_dumped=None,
-            during_startup=startup,
-            log_line=None,
-            unavailable=evidence.exit_problem or "no log line for this exit",
-        )
+        return no_exit(evidence.exit_problem or "no log line for this exit", startup)
     return ExitInfo(
         code=record.code,
         signal=record.signal_name,

@@ -14,6 +14,8 @@ from navi import __version__
 from navi.listener import doctor, postmortem
 from navi.listener.coalesce import RateLimit
 from navi.listener.core import Limits
+from navi.listener.pressure import PressureLimits
+from navi.listener.restarts import LoopLimits
 from navi.listener.shell import Settings, listen
 
 # About 3 KB a notification: 10,000 of them is 30 MB of a 2 GB volume.
@@ -23,6 +25,11 @@ MAX_BYTES = 64 << 20
 
 # The rate limit of each program and type, and the OOM window (seconds).
 BURST, PACE, QUIET, OOM_WINDOW = 5, 60.0, 10.0, 10.0
+# Crash loops: deaths within a window (seconds) begin one; calm ends it.
+LOOP_DEATHS, LOOP_WINDOW, LOOP_CALM = 5, 600.0, 600.0
+# Memory pressure: the working set's share of the limit (%) where an
+# episode begins, and stays below to end it, for calm seconds.
+PRESSURE_BEGIN, PRESSURE_END, PRESSURE_CALM = 75.0, 65.0, 30.0
 
 
 def _count(value: str, option: str, default: int) -> int:
@@ -41,6 +48,17 @@ def _seconds(value: str, option: str, default: float) -> float:
     if 0 < seconds < 1e6:
         return seconds
     logging.getLogger("navi").error("%s %r is not a number of seconds above 0; using %g", option, value, default)
+    return default
+
+
+def _percent(value: str, option: str, default: float) -> float:
+    try:
+        percent = float(value)
+    except ValueError:
+        percent = -1.0
+    if 0 < percent <= 100:
+        return percent
+    logging.getLogger("navi").error("%s %r is not a percentage above 0, at most 100; using %g", option, value, default)
     return default
 
 
@@ -124,6 +142,51 @@ def _listener_options(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--no-output-tail",
+        action="store_true",
+        default=os.environ.get("NAVI_NO_OUTPUT_TAIL", "") not in ("", "0"),
+        help="do not read the end of a dead program's stdout and stderr (its last words) into its notifications "
+        "[NAVI_NO_OUTPUT_TAIL=1]",
+    )
+    parser.add_argument(
+        "--loop-deaths",
+        metavar="N",
+        default=_env("NAVI_LOOP_DEATHS", str(LOOP_DEATHS)),
+        help="a program that dies N times within --loop-window is in a crash loop [NAVI_LOOP_DEATHS] "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--loop-window",
+        metavar="SECONDS",
+        default=_env("NAVI_LOOP_WINDOW", f"{LOOP_WINDOW:g}"),
+        help="that window; also the span of a notification's deaths.recent [NAVI_LOOP_WINDOW] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--loop-calm",
+        metavar="SECONDS",
+        default=_env("NAVI_LOOP_CALM", f"{LOOP_CALM:g}"),
+        help="a crash loop is over when its program has not died for SECONDS [NAVI_LOOP_CALM] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pressure-begin",
+        metavar="PERCENT",
+        default=_env("NAVI_PRESSURE_BEGIN", f"{PRESSURE_BEGIN:g}"),
+        help="memory pressure begins when the working set reaches PERCENT of the limit [NAVI_PRESSURE_BEGIN] "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pressure-end",
+        metavar="PERCENT",
+        default=_env("NAVI_PRESSURE_END", f"{PRESSURE_END:g}"),
+        help="and ends once it has stayed below PERCENT for --pressure-calm [NAVI_PRESSURE_END] (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pressure-calm",
+        metavar="SECONDS",
+        default=_env("NAVI_PRESSURE_CALM", f"{PRESSURE_CALM:g}"),
+        help="that time [NAVI_PRESSURE_CALM] (default: %(default)s)",
+    )
+    parser.add_argument(
         "--original-dir",
         metavar="DIR",
         default=_env("NAVI_ORIGINAL_DIR", None),
@@ -147,8 +210,32 @@ def _settings(args: argparse.Namespace) -> Settings:
         max_files=_count(args.max_files, "--max-files", MAX_FILES),
         max_bytes=_count(args.max_bytes, "--max-bytes", MAX_BYTES),
         original_dir=args.original_dir,
-        limits=Limits(rate, timedelta(seconds=_seconds(args.oom_window, "--oom-window", OOM_WINDOW))),
+        limits=Limits(
+            rate,
+            timedelta(seconds=_seconds(args.oom_window, "--oom-window", OOM_WINDOW)),
+            LoopLimits(
+                deaths=_count(args.loop_deaths, "--loop-deaths", LOOP_DEATHS),
+                window=timedelta(seconds=_seconds(args.loop_window, "--loop-window", LOOP_WINDOW)),
+                calm=timedelta(seconds=_seconds(args.loop_calm, "--loop-calm", LOOP_CALM)),
+            ),
+            _pressure(args),
+            last_words=not args.no_output_tail,
+        ),
     )
+
+
+def _pressure(args: argparse.Namespace) -> PressureLimits:
+    begin = _percent(args.pressure_begin, "--pressure-begin", PRESSURE_BEGIN)
+    end = _percent(args.pressure_end, "--pressure-end", PRESSURE_END)
+    if end >= begin:
+        below = max(begin - 10, begin / 2)
+        logging.getLogger("navi").error(
+            "--pressure-end %g is not below --pressure-begin %g; using %g", end, begin, below
+        )
+        end = below
+    calm = timedelta(seconds=_seconds(args.pressure_calm, "--pressure-calm", PRESSURE_CALM))
+    # Sampled every second from a little below where an episode begins.
+    return PressureLimits(begin=begin / 100, end=end / 100, calm=calm, watch=max(end, begin - 15) / 100)
 
 
 def main(argv: list[str], protocol_fd: Optional[int]) -> int:

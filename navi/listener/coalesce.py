@@ -72,6 +72,7 @@ class _Key:
 
 
 MAX_KEYS = 1024
+DEATHS = ("crash", "oom")  # what the rate limit holds back
 
 
 def key_of(n: Notification) -> str:
@@ -94,7 +95,9 @@ class Coalescer:
         type folded in; or None when the rate limit holds it back."""
         key = self._key(out.notification, now)
         self.changes += 1
-        if out.notification.type != "fatal":  # once per program's give-up: never a storm
+        # Only deaths storm: a give-up comes once per program, and episodes
+        # begin and end at most once per window.
+        if out.notification.type in DEATHS:
             if key.tokens < 1:
                 self._hold(key, out, "rate limit")
                 return None
@@ -119,7 +122,7 @@ class Coalescer:
             self._refill(key, now)
             assert key.latest is not None
             latest = key.latest.notification
-            if latest.type != "fatal" and now - latest.time < self.limit.quiet:
+            if latest.type in DEATHS and now - latest.time < self.limit.quiet:
                 if key.tokens < 1:
                     continue
                 key.tokens -= 1

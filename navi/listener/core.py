@@ -16,30 +16,38 @@ the saved state already, is recognised by its serial and changes nothing.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Optional, Union
 
-from navi.listener.cgroup import MemorySnapshot
+from navi.listener import lastwords, summaries
+from navi.listener.cgroup import MemorySnapshot, PressureReading
 from navi.listener.classify import OOM_WINDOW, Classifier, Evidence, Incident, Origin, triage
 from navi.listener.coalesce import Coalescer, Outgoing, Rate, RateLimit
 from navi.listener.exitlog import ExitLog, ExitRecord, is_sigkill
+from navi.listener.pressure import Episode, PressureLimits, PressureWatch
 from navi.listener.procs import RssSample
 from navi.listener.protocol import Event
+from navi.listener.restarts import LoopLimits, ProgramDeaths, Restarts
 from navi.listener.running import Running
 from navi.names import notification_name
-from navi.notification import Notification
+from navi.notification import EPISODES, CrashLoop, Notification, Output, ProcessInfo
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 TIDY_EVERY = timedelta(minutes=1)
+MAX_LAST_WORDS = 256  # programs whose last words are kept for a FATAL or a loop's end
 
 
 @dataclass(frozen=True)
 class Limits:
-    """The timing settings of the decisions."""
+    """The settings of the decisions."""
 
     rate: RateLimit = field(default_factory=RateLimit)
     oom_window: timedelta = OOM_WINDOW
+    loops: LoopLimits = field(default_factory=LoopLimits)
+    pressure: PressureLimits = field(default_factory=PressureLimits)
+    last_words: bool = True  # read the end of a dead program's output
 
 
 @dataclass(frozen=True)
@@ -50,9 +58,11 @@ class Needs:
     oom_kill: bool = False  # the cgroup's oom_kill counter alone (one small file)
     memory: bool = False  # the cgroup's memory figures, the counter among them
     rss: bool = False  # a sample of each running program's memory
+    output: bool = False  # the end of the event's program's output (its last words)
+    pressure: bool = False  # the figures of memory pressure
 
     def __bool__(self) -> bool:
-        return self.log or self.oom_kill or self.memory or self.rss
+        return self.log or self.oom_kill or self.memory or self.rss or self.output or self.pressure
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,10 @@ class Readings:
     rss: Optional[tuple[RssSample, ...]] = None
     # Read with the memory, after it: watched programs dead, not yet handled.
     dying: int = 0
+    output_read: bool = False
+    output: Optional[Output] = None  # None: it has none (not a program's death; told not to read)
+    pressure: Optional[PressureReading] = None  # None: not read, or no memory cgroup
+    pressure_read: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,8 @@ class State:
     # Who wrote it, and its file names' stamp: for a post-mortem's notification.
     origin: Optional[Origin] = None
     stamp: Optional[datetime] = None
+    deaths: list[ProgramDeaths] = field(default_factory=list)  # of the same supervisord
+    pressure: Optional[Episode] = None  # in the same cgroup
     version: int = STATE_VERSION
 
 
@@ -154,6 +170,10 @@ FIRST_READING = (
 # first reading to be its container's: a Navi starts in seconds, or some tens
 # of seconds on a starved CPU.
 FIRST_START = timedelta(minutes=2)
+LATE_WORDS = (
+    "its output was read at its event, not at its death (no pidfd watched it): if supervisord had "
+    "already started it again, the last lines may be the new process's"
+)
 NO_EXIT_LINE = (
     "supervisord's log has no exited: line for it (it may have failed to spawn: see its spawnerr: "
     "lines; or supervisord logs only errors, or the line was rotated away)"
@@ -176,6 +196,11 @@ class Core:
         self.coalescer = Coalescer(limits.rate)
         self.exit_log = ExitLog(origin.own_name, own_pid)
         self.running = Running(origin.own_group)
+        self.restarts = Restarts(limits.loops)
+        self.pressure = PressureWatch(limits.pressure)
+        self._last_words_on = limits.last_words
+        self._last_words: OrderedDict[str, Output] = OrderedDict()  # group:name -> its last death's
+        self._nth = 0  # notifications named after the last event so far
         self._applied: Optional[int] = None
         self._outbox: dict[str, Outgoing] = {}
         self._changes = 0  # of the outbox; the coalescer counts its own
@@ -216,7 +241,11 @@ class Core:
             self._applied = state.applied if self._applied is None else max(state.applied, self._applied)
         for out in state.outbox:
             self._outbox.setdefault(out.name, out)
+        if state.supervisord == self.origin.supervisord_key:
+            self.restarts.restore(state.deaths)
         counter = state.counter
+        if counter is not None and counter.cgroup == self._cgroup_path:
+            self.pressure.restore(state.pressure)
         if counter is not None and counter.cgroup == self._cgroup_path and not self._handled:
             self.classifier.resume(counter.oom_kill, counter.kills)
             self._baseline_new = False
@@ -246,20 +275,44 @@ class Core:
         """What to read before :meth:`handle`, given what was read so far."""
         self._first_start(readings.now)
         incident = triage(event, self.origin)
-        if incident in (Incident.EXIT, Incident.OWN_DEATH):
+        if incident is Incident.EXIT:
+            output = self._last_words_on and not readings.output_read
+            return Needs(log=not readings.log_read, memory=not readings.memory_read, output=output)
+        if incident is Incident.OWN_DEATH:
             return Needs(log=not readings.log_read, memory=not readings.memory_read)
         if incident is Incident.FATAL:
             return Needs(memory=not readings.memory_read)
+        if event.name == "PROCESS_STATE_STARTING" and self.running.watches(event):
+            # Its pid is in the log's spawned: line: watched, a death during
+            # startsecs is seen at once too.
+            return Needs(log=not readings.log_read)
         if not event.name.startswith("TICK_"):
             return Needs()  # routine: only which programs run
         # At every TICK_5 (and every death) the counter is read, so that each
         # OOM kill is dated within seconds.  The log and the figures are read
         # only when there are kills to place: which deaths are still to come.
         if not readings.oom_kill_read and not readings.memory_read:
-            return Needs(oom_kill=True, rss=readings.rss is None)
-        if readings.memory_read or not self._kills_to_place(readings.oom_kill):
+            return Needs(oom_kill=True, rss=readings.rss is None, pressure=not readings.pressure_read)
+        if readings.memory_read:
             return Needs()
-        return Needs(log=not readings.log_read, memory=True)
+        if self._kills_to_place(readings.oom_kill):
+            return Needs(log=not readings.log_read, memory=True)
+        return self.sample_needs(readings)
+
+    def sample_needs(self, readings: Readings) -> Needs:
+        """What to read at a sample between events (:meth:`sample_in`), or
+        at a TICK: the pressure figures, and the memory figures too when an
+        episode begins or ends with them (for its notification)."""
+        if not readings.pressure_read:
+            return Needs(pressure=True)
+        if readings.memory_read or readings.pressure is None:
+            return Needs()
+        _, change = self.pressure.step(readings.pressure, readings.now, "")
+        return Needs(memory=change is not None, rss=change is not None and readings.rss is None)
+
+    def sample_in(self, now: datetime) -> Optional[timedelta]:
+        """How soon to sample between events, when sooner than a TICK_5."""
+        return self.pressure.sample_in(now)
 
     def _kills_to_place(self, oom_kill: Optional[int]) -> bool:
         return bool(self.classifier.unclaimed_kills) or oom_kill != self.classifier.oom_baseline
@@ -273,6 +326,7 @@ class Core:
             self._rss = readings.rss
         serial = event.header.get("serial", "")
         number = int(serial) if serial.isdigit() else None
+        self._nth = 0
         redelivered = number is not None and self._applied is not None and number <= self._applied
         incident = triage(event, self.origin)
         if redelivered:
@@ -285,15 +339,12 @@ class Core:
         if number is not None:
             self._applied = number
         self._handled += 1
-        self.running.track(event)
-        notification = self._decide(incident, event, readings)
+        self.running.track(event, self.exit_log.spawned_pid)
+        decided = self._decide(incident, event, readings)
         if (readings.memory_read or readings.oom_kill_read) and not self.classifier.unclaimed_kills:
             self._gap = False  # the gap's kills are placed
-        out: list[Outgoing] = []
-        if notification is not None:
-            name = notification_name(self._stamp, event.header.get("serial", ""))
-            admitted = self.coalescer.admit(Outgoing(name, self._with_save_notes(notification)), readings.now)
-            out += [admitted] if admitted is not None else []
+        decided += self._episodes(event, readings)
+        out = self._admit(decided, readings.now)
         if event.name.startswith("TICK_"):
             out += self.coalescer.due(readings.now)
         for o in out:
@@ -302,7 +353,88 @@ class Core:
         tidy = event.name.startswith("TICK_") and self._tidy_due(readings.now)
         return self._actions(readings.now, save=self._dirty(tidy), publish=out)
 
-    def _decide(self, incident: Optional[Incident], event: Event, readings: Readings) -> Optional[Notification]:
+    def sample(self, readings: Readings) -> list[Action]:
+        """A sample between events: a pressure episode may begin or end."""
+        if readings.rss is not None:
+            self._rss = readings.rss
+        self._nth = max(self._nth, 1)  # the last event's own name and id are its own notification's
+        out = self._admit(self._pressure(readings), readings.now)
+        for o in out:
+            self._outbox[o.name] = o
+            self._changes += 1
+        return self._actions(readings.now, save=self._dirty(), publish=out)
+
+    def _admit(self, decided: list[Notification], now: datetime) -> list[Outgoing]:
+        """Name what was decided after the last event, and pass it through
+        the rate limit."""
+        out = []
+        for n in decided:
+            serial = str(self._applied or 0)
+            name = notification_name(self._stamp, serial, self._nth)
+            if self._nth:  # an event's first notification has the event's id
+                n = replace(n, id=f"{self.classifier.id_prefix()}{serial}:{self._nth}")
+            self._nth += 1
+            admitted = self.coalescer.admit(Outgoing(name, self._with_save_notes(n)), now)
+            out += [admitted] if admitted is not None else []
+        return out
+
+    def _episodes(self, event: Event, readings: Readings) -> list[Notification]:
+        """Crash loops that end with this event, and pressure that begins or ends."""
+        fields = event.fields
+        key = f"{fields.get('groupname', '')}:{fields.get('processname', '')}"
+        ended: list[tuple[str, CrashLoop]] = []
+        if event.name == "PROCESS_STATE_STOPPED":
+            ended += [(key, loop) for loop in [self.restarts.ended(key, readings.now, "stopped")] if loop]
+        elif event.name == "PROCESS_STATE_FATAL":
+            ended += [(key, loop) for loop in [self.restarts.ended(key, readings.now, "FATAL")] if loop]
+        elif event.name.startswith("TICK_"):
+            ended += self.restarts.calmed(readings.now)
+        found = [self._loop(event, readings, k, loop) for k, loop in ended]
+        return found + self._pressure(readings)
+
+    def _pressure(self, readings: Readings) -> list[Notification]:
+        if readings.pressure is None:
+            return []
+        when = f"{readings.now:%Y%m%dT%H%M%S.%fZ}"
+        change = self.pressure.observe(readings.pressure, readings.now, f"{self.classifier.id_prefix()}pressure:{when}")
+        if change is None:
+            return []
+        return [self.classifier.pressure(change, readings.memory, self._rss, readings.now)]
+
+    def _loop(self, event: Event, readings: Readings, key: str, loop: CrashLoop) -> Notification:
+        """A crash loop's begin or end: with the program's last exit and last words."""
+        group, _, name = key.partition(":")
+        last = self.classifier.last_exit(key)
+        n = self.classifier.crash_loop(event, ProcessInfo(name=name, group=group, pid=None), loop, last, readings.now)
+        words = self._last_words.get(key)
+        summary = summaries.with_last_words(n.summary, lastwords.last_line(words))
+        return replace(n, summary=summary, output=words, deaths=self.restarts.deaths(key, readings.now))
+
+    def _decide(self, incident: Optional[Incident], event: Event, readings: Readings) -> list[Notification]:
+        n = self._classify(incident, event, readings)
+        if n is None or n.process.name is None or incident not in (Incident.EXIT, Incident.FATAL):
+            return [] if n is None else [n]
+        key = f"{n.process.group}:{n.process.name}"
+        loop = None
+        if incident is Incident.EXIT:
+            loop = self.restarts.death(key, readings.now)
+            if readings.output is not None:
+                self._last_words.pop(key, None)
+                self._last_words[key] = readings.output
+                while len(self._last_words) > MAX_LAST_WORDS:
+                    self._last_words.popitem(last=False)
+            words = readings.output
+        else:
+            words = self._last_words.get(key)
+        if n.type == "oom" and self.pressure.episode is not None:
+            n = replace(n, pressure=self.pressure.info())
+        if words is not None and not words.at_death:
+            n = replace(n, notes=[*n.notes, LATE_WORDS])
+        summary = summaries.with_last_words(n.summary, lastwords.last_line(words))
+        n = replace(n, summary=summary, output=words, deaths=self.restarts.deaths(key, readings.now))
+        return [n] if loop is None else [n, self._loop(event, readings, key, loop)]
+
+    def _classify(self, incident: Optional[Incident], event: Event, readings: Readings) -> Optional[Notification]:
         if incident in (Incident.EXIT, Incident.OWN_DEATH):
             record, problem = self._take_exit(event, readings)
             n = self.classifier.decide(event, self._evidence(readings, record, problem))
@@ -413,6 +545,8 @@ class Core:
             samples=list(self._rss),
             origin=self.origin,
             stamp=self._stamp,
+            deaths=self.restarts.save(),
+            pressure=self.pressure.episode,
         )
 
     def _counter(self) -> Optional[Counter]:
@@ -423,7 +557,13 @@ class Core:
 
     def _version(self) -> tuple[object, ...]:
         """What must be saved before anything it decided is carried out."""
-        return self.coalescer.changes, self._changes, *self.classifier.counted()
+        return (
+            self.coalescer.changes,
+            self._changes,
+            self.restarts.changes,
+            self.pressure.changes,
+            *self.classifier.counted(),
+        )
 
     def _tidy(self) -> tuple[object, ...]:
         """What is saved at TICKs: which programs run, their memory."""
@@ -454,4 +594,5 @@ class Core:
     @property
     def held(self) -> int:
         """Incidents not yet in a notification written: held, or decided."""
-        return self.coalescer.held + sum(o.notification.count for o in self._outbox.values())
+        outbox = self._outbox.values()
+        return self.coalescer.held + sum(o.notification.count for o in outbox if o.notification.type not in EPISODES)

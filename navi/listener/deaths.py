@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import select
+import time
 from collections.abc import Iterable
 from typing import Callable, Optional
 
@@ -22,8 +23,11 @@ log = logging.getLogger("navi")
 
 
 class DeathWatch:
-    def __init__(self, wake: Optional[Callable[[], None]]) -> None:
+    def __init__(
+        self, wake: Optional[Callable[[], None]], woken: Callable[[list[int]], None] = lambda pids: None
+    ) -> None:
         self._wake = wake
+        self._woken = woken  # told which pids died, once supervisord is woken (it has reaped them then)
         self._poll = select.poll()
         self._fds: dict[int, int] = {}  # pid -> pidfd
         self._pids: dict[int, int] = {}  # pidfd -> pid
@@ -61,20 +65,28 @@ class DeathWatch:
         if dead:
             self._wake_supervisord()
 
-    def wait_for_input(self, fd: int) -> None:
-        """Block until ``fd`` is readable (or closed), handling deaths meanwhile."""
+    def wait_for_input(self, fd: int, timeout: Optional[float] = None) -> bool:
+        """Block until ``fd`` is readable (or closed), handling deaths
+        meanwhile; False when ``timeout`` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._poll.register(fd, select.POLLIN)
         try:
             while True:
-                ready = [f for f, _ in self._poll.poll()]
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready = [f for f, _ in self._poll.poll(None if left is None else left * 1000)]
                 dead = [self._pids[f] for f in ready if f in self._pids]
                 for pid in dead:
                     self._forget(pid)
                     self._fired.add(pid)
                 if dead:  # one wake for all: supervisord reaps every dead child in one pass
+                    # Its answer comes after it has reaped them, drained their
+                    # pipes into their logs, and before it starts them again.
                     self._wake_supervisord()
+                    self._woken(dead)
                 if fd in ready:
-                    return
+                    return True
+                if not ready and left is not None and left <= 0:
+                    return False
         finally:
             self._poll.unregister(fd)
 

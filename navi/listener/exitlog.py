@@ -30,6 +30,7 @@ _EXITED = re.compile(
 )
 _SPAWNED = re.compile(r"^spawned: '(?P<name>.+)' with pid (?P<pid>\d+)$")
 _STARTED = re.compile(r"^supervisord started with pid (?P<pid>\d+)$")
+_ENDED = re.compile(r"^(?:exited|stopped): (?P<name>.+?) \(")
 
 # Bounds, so that a crash storm with lost events cannot grow memory.
 MAX_PER_PROCESS = 32
@@ -102,6 +103,7 @@ class ExitLog:
         self._own_spawns = 0  # spawned: lines of our name in this supervisord's lifetime
         self._own_ended = False  # our name's last line was its end, not a spawn
         self._pids: dict[str, int] = {}
+        self._live: dict[str, int] = {}  # spawned, and not yet logged as ended
         self._records: OrderedDict[str, deque[ExitRecord]] = OrderedDict()
         self._partial = ""
 
@@ -137,6 +139,7 @@ class ExitLog:
         if _STARTED.match(message):
             # A new supervisord lifetime: nothing before it can match.
             self._pids.clear()
+            self._live.clear()
             self._records.clear()
             self._own_spawns = 0
             return
@@ -144,6 +147,7 @@ class ExitLog:
         if spawned is not None:
             name, pid = spawned["name"], int(spawned["pid"])
             self._pids[name] = pid
+            self._live[name] = pid
             self._own_spawns += name == self._own_name
             self._own_ended = self._own_ended and name != self._own_name
             if name == self._own_name and pid == self._own_pid:
@@ -154,6 +158,9 @@ class ExitLog:
             (f"stopped: {self._own_name} ", f"exited: {self._own_name} ")
         ):
             self._own_ended = True
+        ended = _ENDED.match(message)
+        if ended is not None:
+            self._live.pop(ended["name"], None)
         record = parse_exit(message)
         if record is None or record.expected:
             return
@@ -165,6 +172,10 @@ class ExitLog:
         self._records.move_to_end(record.name)  # least recently active first
         while len(self._records) > MAX_PROCESSES:
             self._records.popitem(last=False)
+
+    def spawned_pid(self, name: str) -> Optional[int]:
+        """The pid of ``name``'s last ``spawned:`` line, while no end of it is logged."""
+        return self._live.get(name)
 
     def _programs(self) -> list[deque[ExitRecord]]:
         """The records of supervised programs: not Navi's own."""

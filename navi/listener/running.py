@@ -3,7 +3,7 @@ watched and whose memory is sampled.  No I/O."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from navi.listener.protocol import Event
 
@@ -18,12 +18,23 @@ class Running:
         if group != self._own_group and pid > 0:
             self._pids[(group, name)] = pid
 
-    def track(self, event: Event) -> None:
-        """A PROCESS_STATE event: RUNNING adds the program, any other state removes it."""
+    def watches(self, event: Event) -> bool:
+        """Whether the event's program is one whose pid is watched."""
+        return event.fields.get("groupname") != self._own_group
+
+    def track(self, event: Event, spawned: Callable[[str], Optional[int]] = lambda name: None) -> None:
+        """A PROCESS_STATE event: RUNNING adds the program, STARTING too (its
+        pid from ``spawned``, the log's ``spawned:`` line: a death during
+        startsecs is watched as well), any other state removes it."""
         fields = event.fields
         key = (fields.get("groupname", ""), fields.get("processname", ""))
+        pid: Optional[int] = None
         if event.name == "PROCESS_STATE_RUNNING" and fields.get("pid", "").isdigit():
-            self.note(*key, int(fields["pid"]))
+            pid = int(fields["pid"])
+        elif event.name == "PROCESS_STATE_STARTING":
+            pid = spawned(key[1])
+        if pid is not None:
+            self.note(*key, pid)
         elif event.name.startswith("PROCESS_STATE_"):
             self._pids.pop(key, None)
 

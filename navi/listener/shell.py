@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from navi import __version__
-from navi.listener import cgroup, procs, rpc
+from navi.listener import cgroup, childlog, lastwords, procs, rpc
 from navi.listener.classify import Origin
 from navi.listener.coalesce import Outgoing
 from navi.listener.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, WatchPids
@@ -26,7 +26,7 @@ from navi.listener.procs import identity
 from navi.listener.protocol import Event
 from navi.listener.spool import Spool, SpoolError
 from navi.names import MAX_STATE_SIZE, STATE_FILE, next_seconds, original_name
-from navi.notification import FormatError, Original, decode, encode
+from navi.notification import FormatError, Original, Output, decode, encode
 
 log = logging.getLogger("navi")
 
@@ -99,7 +99,14 @@ class Shell:
             self._log_problem = str(e)
         self.core.first_log(self._read_log())
         url = settings.supervisor_url
-        self.deaths = DeathWatch((lambda: rpc.call(url, "supervisor.getState", timeout=WAKE_TIMEOUT)) if url else None)
+        self.deaths = DeathWatch(
+            (lambda: rpc.call(url, "supervisor.getState", timeout=WAKE_TIMEOUT)) if url else None, self._died
+        )
+        # Where each program's output goes ("group:name"), and the last words
+        # read at deaths, for their events.
+        self._outputs: dict[str, tuple[lastwords.Where, lastwords.Where]] = {}
+        self._outputs_problem = ""
+        self._said: dict[str, tuple[int, Output]] = {}
         self._running_now()
         # What the last Navi decided and may not have written is written
         # first, before any event (the spool restores it as it opens).
@@ -137,6 +144,46 @@ class Shell:
             if isinstance(info, dict) and info.get("statename") == "RUNNING" and isinstance(info.get("pid"), int):
                 self.core.note_running(str(info.get("group")), str(info.get("name")), info["pid"])
         self.deaths.watch(self.core.running.pids())
+        if self.settings.limits.last_words:
+            self._find_outputs()
+
+    def _find_outputs(self) -> None:
+        """Where each program's stdout and stderr go, from supervisord's
+        configuration of it (read again when a program is new to it)."""
+        try:
+            infos = rpc.call(self.settings.supervisor_url or "", "supervisor.getAllConfigInfo")
+            self._outputs_problem = ""
+        except (rpc.RpcError, rpc.Fault) as e:
+            self._outputs_problem = f"supervisord's configuration could not be read ({e})"
+            return
+        for info in infos if isinstance(infos, list) else ():
+            if isinstance(info, dict):
+                where = (lastwords.where(info, "stderr"), lastwords.where(info, "stdout"))
+                self._outputs[f"{info.get('group')}:{info.get('name')}"] = where
+
+    def _last_words(self, key: str, at_death: bool) -> Output:
+        """The end of what the program ``group:name`` wrote, from its log files."""
+        if key not in self._outputs and self.settings.supervisor_url:
+            self._find_outputs()
+        why = self._outputs_problem or (
+            "no supervisor URL to ask where its output goes"
+            if not self.settings.supervisor_url
+            else "not a program supervisord knows"
+        )
+        windows = [
+            childlog.read_end(w.file) if w.file else lastwords.Window(None, unavailable=w.unavailable)
+            for w in self._outputs.get(key, (lastwords.Where(None, why), lastwords.Where(None, why)))
+        ]
+        return lastwords.output(windows[0], windows[1], at_death)
+
+    def _died(self, pids: list[int]) -> None:
+        """Programs seen dead, supervisord woken: read their last words now,
+        before it can start them again and their new output follows."""
+        if not self.settings.limits.last_words:
+            return
+        for group, name, pid in self.core.running.programs():
+            if pid in pids:
+                self._said[f"{group}:{name}"] = (pid, self._last_words(f"{group}:{name}", at_death=True))
 
     def _open_spool(self) -> None:
         try:
@@ -186,14 +233,29 @@ class Shell:
         readings = Readings(now=datetime.now(timezone.utc))
         need = self.core.needs(event, readings)
         while need:
-            readings = self._gather(need, readings)
+            readings = self._gather(need, readings, event)
             need = self.core.needs(event, readings)
         self._carry_out(self._take_leftover() + self.core.handle(event, readings))
         self._carry_out(self.core.settle(readings.now))
         if event.name.startswith("TICK_"):
             self._sync_state()
 
-    def _gather(self, need: Needs, readings: Readings) -> Readings:
+    def wait(self, fd: int) -> None:
+        """Until ``fd`` (stdin) is readable: deaths are seen meanwhile, and
+        the memory sampled as often as the core asks."""
+        while True:
+            due = self.core.sample_in(datetime.now(timezone.utc))
+            if self.deaths.wait_for_input(fd, due.total_seconds() if due else None):
+                return
+            readings = Readings(now=datetime.now(timezone.utc))
+            need = self.core.sample_needs(readings)
+            while need:
+                readings = self._gather(need, readings)
+                need = self.core.sample_needs(readings)
+            self._carry_out(self.core.sample(readings))
+            self._carry_out(self.core.settle(readings.now))
+
+    def _gather(self, need: Needs, readings: Readings, event: Optional[Event] = None) -> Readings:
         changes: dict[str, object] = {}
         if need.log:
             changes.update(log_read=True, log=self._read_log())
@@ -209,7 +271,22 @@ class Shell:
             changes.update(oom_kill_read=True, oom_kill=cgroup.read_oom_kill(self._cgroup) if self._cgroup else None)
         if need.rss:  # a few /proc reads per program: on TICKs only
             changes["rss"] = tuple(procs.sample(self.core.running.programs(), self.settings.proc_root, readings.now))
+        if need.pressure:
+            changes.update(pressure_read=True, pressure=cgroup.read_pressure(self._cgroup) if self._cgroup else None)
+        if need.output and event is not None:
+            changes.update(output_read=True, output=self._output_of(event))
         return replace(readings, **changes)  # type: ignore[arg-type]
+
+    def _output_of(self, event: Event) -> Output:
+        """The last words of the event's program: those read at its death,
+        if that was its pid (BACKOFF names none), or read now."""
+        fields = event.fields
+        key = f"{fields.get('groupname', '')}:{fields.get('processname', '')}"
+        said = self._said.pop(key, None)
+        pid = fields.get("pid", "")
+        if said is not None and (not pid.isdigit() or int(pid) == said[0]):
+            return said[1]
+        return self._last_words(key, at_death=False)
 
     def _carry_out(self, actions: list[Action]) -> None:
         for action in actions:
@@ -337,4 +414,4 @@ def listen(settings: Settings, protocol_fd: int) -> int:
         log.error("cannot start (%s: %s): acknowledging events without reporting them", type(e).__name__, e)
     if shell is None:
         return serve(None, protocol_fd)
-    return serve(shell.handle, protocol_fd, wait=shell.deaths.wait_for_input)
+    return serve(shell.handle, protocol_fd, wait=shell.wait)

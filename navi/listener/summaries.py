@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from navi.listener.exitlog import is_sigkill
-from navi.notification import ExitInfo, Kind, MemoryInfo
+from navi.notification import CrashLoop, ExitInfo, Kind, MemoryInfo, Pressure
 
 
 def mib(n: Optional[int]) -> str:
@@ -79,4 +79,37 @@ def postmortem(group: bool, kills: int, running: list[str], memory: MemoryInfo) 
     return (
         f"the kernel's OOM killer killed {kills} process(es) that Navi did not live to report before the "
         f"container ended ({_limit(memory)})"
+    )
+
+
+def with_last_words(summary: str, line: Optional[str]) -> str:
+    """The summary, ending with the program's last line of stderr."""
+    return summary if not line else f"{summary} \u2014 {line}"
+
+
+def crash_loop(name: str, loop: CrashLoop, last_exit: ExitInfo) -> str:
+    span = (loop.last_death - loop.first_death).total_seconds()
+    if loop.phase == "began":
+        return (
+            f"{name} is in a crash loop: {loop.deaths} deaths in {span:.0f} s, restarted each time by supervisord; "
+            f"its last exit: {how(last_exit)}"
+        )
+    return f"{name} left its crash loop ({loop.why_ended}) after {loop.deaths} deaths; its last exit: {how(last_exit)}"
+
+
+def pressure(p: Pressure, memory: Optional[MemoryInfo]) -> str:
+    share = f"{p.working_set_bytes / p.limit_bytes:.0%}" if p.working_set_bytes is not None and p.limit_bytes else "?"
+    largest = (
+        f"; largest program: {memory.programs[0].name} ({mib(memory.programs[0].rss_bytes)})"
+        if memory is not None and memory.programs
+        else ""
+    )
+    if p.phase == "began":
+        return (
+            f"the container is near its memory limit: working set {mib(p.working_set_bytes)} of "
+            f"{mib(p.limit_bytes)} ({share}){largest}"
+        )
+    return (
+        f"the container's memory pressure is over: working set {mib(p.working_set_bytes)} of {mib(p.limit_bytes)} "
+        f"({share}), peak {mib(p.peak_working_set_bytes)}"
     )

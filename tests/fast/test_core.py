@@ -21,7 +21,8 @@ from navi.listener.classify import Origin
 from navi.listener.coalesce import RateLimit
 from navi.listener.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, WatchPids
 from navi.listener.protocol import Event
-from navi.notification import Notification, decode, encode
+from navi.names import in_order
+from navi.notification import EPISODES, Notification, decode, encode
 from tests.helpers import examples
 
 T0 = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
@@ -66,9 +67,11 @@ def core(baseline: Optional[int] = 0) -> Core:
 
 def test_a_death_needs_the_log_and_the_memory_figures() -> None:
     c = core()
-    assert c.needs(exited(1, "web"), Readings(T0)) == Needs(log=True, memory=True)
-    read = Readings(T0, log_read=True, memory_read=True, memory=snapshot())
+    assert c.needs(exited(1, "web"), Readings(T0)) == Needs(log=True, memory=True, output=True)
+    read = Readings(T0, log_read=True, memory_read=True, memory=snapshot(), output_read=True)
     assert not c.needs(exited(1, "web"), read)
+    told_not_to = Core(ORIGIN, T0, 0, replace(LIMITS, last_words=False), cgroup_path="/sys/fs/cgroup")
+    assert told_not_to.needs(exited(1, "web"), Readings(T0)) == Needs(log=True, memory=True)
 
 
 def test_a_routine_event_needs_nothing_and_its_own_pool_is_ignored() -> None:
@@ -83,10 +86,10 @@ def test_a_routine_event_needs_nothing_and_its_own_pool_is_ignored() -> None:
 
 def test_a_tick_reads_the_counter_and_only_looks_further_when_it_rose() -> None:
     c = core(baseline=2)
-    assert c.needs(tick(1), Readings(T0)) == Needs(oom_kill=True, rss=True)
-    quiet = Readings(T0, oom_kill_read=True, oom_kill=2, rss=())
+    assert c.needs(tick(1), Readings(T0)) == Needs(oom_kill=True, rss=True, pressure=True)
+    quiet = Readings(T0, oom_kill_read=True, oom_kill=2, rss=(), pressure_read=True)
     assert not c.needs(tick(1), quiet)
-    rose = Readings(T0, oom_kill_read=True, oom_kill=3, rss=())
+    rose = Readings(T0, oom_kill_read=True, oom_kill=3, rss=(), pressure_read=True)
     assert c.needs(tick(1), rose) == Needs(log=True, memory=True)
     # The kill no death claims is the container's, at that TICK.
     actions = c.handle(
@@ -369,10 +372,15 @@ def test_killed_at_any_moment_no_count_is_lost(
 ) -> None:
     h, incidents = run(stream, kills, failures, claim_every)
     written = h.written()
-    assert sum(n.count for n in written.values()) == incidents
+    assert sum(n.count for n in written.values() if n.type not in EPISODES) == incidents
     assert h.core.held == 0
     ids = [n.id for n in written.values()]
     assert len(set(ids)) == len(ids)
+    # Each program's crash loops begin, then end, then begin again.
+    in_turn = [written[name] for name in in_order(list(written))]
+    for program in ("a", "b", "c"):
+        phases = [n.crash_loop.phase for n in in_turn if n.crash_loop and n.process.name == program]
+        assert phases == ["began", "ended"] * (len(phases) // 2) + ["began"] * (len(phases) % 2)
 
 
 @settings(max_examples=examples(200), deadline=None)
@@ -396,7 +404,7 @@ def test_every_kill_point_of_a_storm_is_survived() -> None:
         h, _ = run(stream, {point})
         assert h.restarts == 1, point
         assert {k: n.count for k, n in h.written().items()} == {k: n.count for k, n in calm.written().items()}
-        assert sum(n.count for n in h.written().values()) == incidents
+        assert sum(n.count for n in h.written().values() if n.type not in EPISODES) == incidents
 
 
 def test_a_state_restored_late_is_merged_not_overwritten() -> None:

@@ -63,7 +63,11 @@ def test_a_crash_loop_is_written_five_times_then_held_and_counted(world: FakeWor
     outcome = to_navi(world, "api crash-loops 500 times")
     assert outcome.events == 2 + 3 * 500
     written = notifications(world)
-    assert [(n["type"], n["process"]["name"], n.get("count", 1)) for n in written] == [("crash", "api", 1)] * 5
+    # The fifth death begins a crash loop: said once, beside it.
+    assert [(n["type"], n["process"]["name"], n.get("count", 1)) for n in written] == [("crash", "api", 1)] * 5 + [
+        ("crash_loop", "api", 1)
+    ]
+    assert written[-1]["crash_loop"]["phase"] == "began" and written[-1]["deaths"]["recent"] == 5
     rates = json.loads((world.notifications / STATE_FILE).read_text())["rates"]
     assert [r["held"]["count"] for r in rates] == [495]  # all 500 accounted for
 
@@ -198,8 +202,8 @@ def test_the_command_plays_words_to_navi_listen(tmp_path: Path) -> None:
         re.match(r"\s+2  PROCESS_STATE_EXITED\s+web\s+from_state:RUNNING expected:0 pid:4200000\s+OK", line)
         for line in lines
     ), done.stdout
-    assert any("cgroup v1  oom_kill 1, usage 63.8 MiB of 64.0 MiB, peak 64.0 MiB" in line for line in lines)
-    assert "notifications written: 7, in " + str(tmp_path / "d" / "notifications") in lines
+    assert any("cgroup v1  oom_kill 1, usage 24.0 MiB of 64.0 MiB, peak 64.0 MiB" in line for line in lines)
+    assert "notifications written: 8, in " + str(tmp_path / "d" / "notifications") in lines
     assert lines[-1] == "held, to be written later: 3 incidents (rate limit) of api"
     assert any(re.match(r"  crash  web\s+web crashed: exit status 3 ", line) for line in lines)
     assert any(re.match(r"  oom    worker\s+worker was killed by the kernel's OOM killer", line) for line in lines)

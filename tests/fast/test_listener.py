@@ -45,7 +45,7 @@ def test_crash_then_oom_on_cgroup_v2(world: FakeWorld) -> None:
         "cgroup_version": 2,
         "cgroup_path": str(world.cgroup_dir),
         "limit_bytes": 67108864,
-        "usage_bytes": 66912256,
+        "usage_bytes": 25165824,  # the victim's memory is freed
         "peak_bytes": 67108864,
         "oom_kill": 1,
         "oom_kill_rise": 1,
@@ -246,7 +246,8 @@ def test_held_incidents_survive_a_killed_navi(world: FakeWorld) -> None:
     for pid in range(100, 108):  # a storm: 5 written, 3 held
         die(world, "api", pid, "exit status 2")
         sup.event("PROCESS_STATE_EXITED", exited_payload("api", pid))
-    assert len(notifications(world)) == 5
+    # The fifth also begins a crash loop, said beside it.
+    assert [n["type"] for n in notifications(world)] == ["crash"] * 5 + ["crash_loop"]
     assert held_counts(world) == [3]
     sup.process.kill()  # dies with incidents held
     sup.close()
@@ -255,12 +256,13 @@ def test_held_incidents_survive_a_killed_navi(world: FakeWorld) -> None:
     again = start(world, {**world.env(), "NAVI_QUIET": "0.2"}, first_serial=sup.supervisor.serial + 1)
     die(world, "api", 108, "exit status 2")
     again.event("PROCESS_STATE_EXITED", exited_payload("api", 108))
-    assert len(notifications(world)) == 5 and held_counts(world) == [4]
+    assert len(notifications(world)) == 6 and held_counts(world) == [4]
     time.sleep(0.3)
     again.event("TICK_5", "when:1764025200")
     assert ended(again) == (0, b"")
     found = notifications(world)
-    assert [n["count"] for n in found] == [1, 1, 1, 1, 1, 4]
+    assert [n["count"] for n in found if n["type"] == "crash"] == [1, 1, 1, 1, 1, 4]
+    assert found[-1]["deaths"] == {"total": 9, "recent": 9, "window_seconds": 600, "crash_loop": True}
     assert held_counts(world) == []
     assert "3 incident(s) held by the previous Navi" in stderr(world)
 
