@@ -16,13 +16,15 @@ from typing import Optional
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from navi.listener.cgroup import MemorySnapshot
+from navi.listener import lastwords
+from navi.listener.cgroup import MemorySnapshot, PressureReading
 from navi.listener.classify import Origin
 from navi.listener.coalesce import RateLimit
 from navi.listener.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, WatchPids
 from navi.listener.protocol import Event
+from navi.listener.restarts import LoopLimits
 from navi.names import in_order
-from navi.notification import EPISODES, Notification, decode, encode
+from navi.notification import EPISODES, Notification, Output, decode, encode
 from tests.helpers import examples
 
 T0 = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
@@ -36,6 +38,7 @@ ORIGIN = Origin(
     navi_version="test",
 )
 LIMITS = Limits(RateLimit(burst=3, pace=timedelta(seconds=60), quiet=timedelta(seconds=10)))
+LOOPS = LoopLimits(deaths=5, window=timedelta(minutes=10), calm=timedelta(seconds=30))
 
 
 def event(serial: int, name: str, payload: str) -> Event:
@@ -60,6 +63,11 @@ def snapshot(oom_kill: int = 0) -> MemorySnapshot:
 
 def core(baseline: Optional[int] = 0) -> Core:
     return Core(ORIGIN, T0, baseline, LIMITS, cgroup_path="/sys/fs/cgroup")
+
+
+def looping() -> Core:
+    """A core whose crash loops end after 30 s of calm."""
+    return Core(ORIGIN, T0, 0, replace(LIMITS, rate=RateLimit(burst=100), loops=LOOPS), cgroup_path="/sys/fs/cgroup")
 
 
 # -- what it needs ------------------------------------------------------------------
@@ -565,3 +573,113 @@ def test_navi_killed_otherwise_is_no_incident() -> None:
     c = navi_core(baseline=0, state=last_state(0))
     assert deliver(c, exited(10, "navi", pid=7), oom_kill=0) is None
     assert deliver(c, tick(11), oom_kill=0) is None
+
+
+# -- what a notification tells ------------------------------------------------------
+
+
+def words(*stderr: str, at_death: bool = True) -> Output:
+    """A program's last words, as the shell reads them."""
+    data = "".join(line + "\n" for line in stderr).encode()
+    return lastwords.output(lastwords.Window("/mnt/log/web.err", data), lastwords.Window("/mnt/log/web.out"), at_death)
+
+
+def published(actions: list[Action]) -> list[Notification]:
+    return [a.out.notification for a in actions if isinstance(a, Publish)]
+
+
+def last_words_death(c: Core, serial: int, program: str, now: datetime, out: Output) -> list[Notification]:
+    log = f"{now:%Y-%m-%d %H:%M:%S},000 WARN exited: {program} (exit status 1; not expected)\n"
+    readings = Readings(now, log_read=True, log=log, memory_read=True, memory=snapshot(), output_read=True, output=out)
+    return published(c.handle(exited(serial, program), readings))
+
+
+def test_a_death_carries_its_last_words_and_its_counts() -> None:
+    c = core()
+    (n,) = last_words_death(c, 1, "web", T0, words("loading", "Error: Cannot find module 'express'", ""))
+    assert n.summary.endswith(" \u2014 Error: Cannot find module 'express'")
+    assert n.output is not None and n.output.stderr.lines == ["loading", "Error: Cannot find module 'express'", ""]
+    assert n.deaths is not None and (n.deaths.total, n.deaths.recent, n.deaths.crash_loop) == (1, 1, False)
+    assert not n.notes
+    (late,) = last_words_death(c, 2, "web", T0, words("Error", at_death=False))
+    assert "read at its event, not at its death" in late.notes[-1]
+
+
+def test_the_fifth_death_begins_a_crash_loop_said_beside_it_and_fatal_ends_it() -> None:
+    c = looping()
+    for serial in range(1, 5):
+        last_words_death(c, serial, "web", T0 + timedelta(seconds=serial), words(f"boom {serial}"))
+    crash, loop = last_words_death(c, 5, "web", T0 + timedelta(seconds=5), words("boom 5"))
+    assert crash.type == "crash" and loop.type == "crash_loop"
+    assert loop.id == crash.id + ":1"
+    assert loop.crash_loop is not None and loop.crash_loop.phase == "began" and loop.crash_loop.deaths == 5
+    assert loop.crash_loop.first_death == T0 + timedelta(seconds=1)
+    assert loop.summary.startswith("web is in a crash loop: 5 deaths in 4 s") and loop.summary.endswith("boom 5")
+    assert loop.exit.code == 1 and loop.output == crash.output
+    fatal = event(6, "PROCESS_STATE_FATAL", "processname:web groupname:web from_state:BACKOFF")
+    gave_up, over = published(c.handle(fatal, Readings(T0 + timedelta(seconds=6), memory_read=True, memory=snapshot())))
+    assert gave_up.type == "fatal" and gave_up.output == crash.output and gave_up.summary.endswith("boom 5")
+    assert over.crash_loop is not None and over.crash_loop.phase == "ended" and over.crash_loop.why_ended == "FATAL"
+
+
+def test_a_crash_loop_ends_when_stopped_or_after_calm_at_a_tick() -> None:
+    c = looping()
+    for serial in range(1, 6):
+        for program in ("a", "b"):
+            last_words_death(c, serial * 2 + (program == "b"), program, T0, words("x"))
+    stopped = event(20, "PROCESS_STATE_STOPPED", "processname:a groupname:a from_state:STOPPING pid:7")
+    (over,) = published(c.handle(stopped, Readings(T0 + timedelta(seconds=1))))
+    assert over.process.name == "a" and over.crash_loop is not None and over.crash_loop.why_ended == "stopped"
+    quiet = Readings(T0 + timedelta(seconds=31), oom_kill_read=True, oom_kill=0, rss=(), pressure_read=True)
+    (calm,) = published(c.handle(tick(21), quiet))
+    assert calm.process.name == "b" and calm.crash_loop is not None and calm.crash_loop.phase == "ended"
+    assert calm.deaths is not None and not calm.deaths.crash_loop
+
+
+def pressed(share: float) -> PressureReading:
+    limit = 64 << 20
+    return PressureReading(limit, int(limit * share), 0, 0, None, None, None)
+
+
+def test_pressure_begins_at_a_tick_with_who_held_the_memory_and_an_oom_names_the_episode() -> None:
+    c = core()
+    at_tick = Readings(T0, oom_kill_read=True, oom_kill=0, rss=(), pressure_read=True, pressure=pressed(0.8))
+    assert c.needs(tick(1), at_tick) == Needs(memory=True)  # for the notification's figures
+    (began,) = published(c.handle(tick(1), replace(at_tick, memory_read=True, memory=snapshot())))
+    assert began.type == "pressure" and began.process.name is None and began.pressure is not None
+    assert began.pressure.phase == "began" and began.summary.startswith("the container is near its memory limit")
+    assert began.memory is not None and began.memory.limit_bytes == 64 << 20
+    log = "2026-12-01 03:00:05,000 WARN exited: web (terminated by SIGKILL; not expected)\n"
+    kill = Readings(T0 + timedelta(seconds=2), log_read=True, log=log, memory_read=True, memory=snapshot(1))
+    (oom,) = published(c.handle(exited(2, "web"), kill))
+    assert oom.type == "oom" and oom.pressure is not None and oom.pressure.episode == began.pressure.episode
+
+
+def test_pressure_is_sampled_between_events_while_high_and_named_after_the_last_event() -> None:
+    c = core()
+    assert c.sample_in(T0) is None
+    at_tick = Readings(T0, oom_kill_read=True, oom_kill=0, rss=(), pressure_read=True, pressure=pressed(0.7))
+    assert not published(c.handle(tick(7), at_tick))
+    assert c.sample_in(T0 + timedelta(milliseconds=400)) == timedelta(milliseconds=600)
+    later = Readings(T0 + timedelta(seconds=1))
+    assert c.sample_needs(later) == Needs(pressure=True)
+    high = replace(later, pressure_read=True, pressure=pressed(0.9))
+    assert c.sample_needs(high) == Needs(memory=True, rss=True)
+    actions = c.sample(replace(high, memory_read=True, memory=snapshot(), rss=()))
+    (began,) = published(actions)
+    assert isinstance(actions[0], Save)  # saved before it is written, as any decision
+    (name,) = [a.out.name for a in actions if isinstance(a, Publish)]
+    assert name == "20261201T030000.000000Z-000000000007_1.json" and began.id == "h:boot:1:100:7:1"
+
+
+def test_a_starting_program_is_watched_from_its_spawned_line() -> None:
+    c = core()
+    starting = event(1, "PROCESS_STATE_STARTING", "processname:web groupname:web from_state:BACKOFF tries:1")
+    assert c.needs(starting, Readings(T0)) == Needs(log=True)
+    log = "2026-12-01 03:00:00,000 INFO spawned: 'web' with pid 4242\n"
+    actions = c.handle(starting, Readings(T0, log_read=True, log=log))
+    assert actions[-1] == WatchPids(frozenset({4242}))
+    backoff = event(2, "PROCESS_STATE_BACKOFF", "processname:web groupname:web from_state:STARTING")
+    assert c.handle(backoff, Readings(T0, log_read=True, memory_read=True, memory=snapshot()))[-1] == WatchPids(
+        frozenset()
+    )

@@ -456,7 +456,7 @@ def test_signals_stops_ticks_and_raw_lines() -> None:
     steps = parse(
         "web is killed by SEGV with core dump\nweb is stopped\ntick 2 times\n"
         "log WARN exited: x (exit status 9; not expected)\nevent PROCESS_STATE_FATAL processname:x groupname:x "
-        "from_state:BACKOFF\noom_kill +2\nweb's child is OOM-killed\n"
+        "from_state:BACKOFF\noom_kill +2\nweb's child is OOM-killed\nmemory 80%\n"
     )
     messages = log_messages(steps)
     assert "exited: web (terminated by SIGSEGV (core dumped); not expected)" in messages
@@ -472,7 +472,7 @@ def test_signals_stops_ticks_and_raw_lines() -> None:
     ]
     ticks = [int(p.split(":")[1]) for e, p in evs if e == "TICK_5"]
     assert all(t % 5 == 0 for t in ticks) and ticks[1] - ticks[0] == 5
-    assert [s for s in steps if isinstance(s, Memory)] == [Memory(2, True), Memory(3, True)]
+    assert [s for s in steps if isinstance(s, Memory)] == [Memory(2, True), Memory(3, True), Memory(3, False, 0.8)]
 
 
 @pytest.mark.parametrize(
@@ -486,6 +486,8 @@ def test_signals_stops_ticks_and_raw_lines() -> None:
         ("web crashes with core dump", "only a death by a signal dumps core"),
         ("program web startsecs soon", "cannot set startsecs to 'soon'"),
         ('{"nothing": 1}', "a recorded line has log"),
+        ("memory 120%", "say memory N% (the share of the limit in use, 0 to 100)"),
+        ("memory lots", "say memory N%"),
     ],
 )
 def test_scenario_errors_say_what_and_where(text: str, error: str) -> None:

@@ -72,6 +72,26 @@ def test_a_crash_loop_is_written_five_times_then_held_and_counted(world: FakeWor
     assert [r["held"]["count"] for r in rates] == [495]  # all 500 accounted for
 
 
+def test_memory_pressure_begins_and_ends_with_who_held_it(world: FakeWorld) -> None:
+    """A climb the TICKs see; the fast samples in between find nothing
+    more in the fake cgroup, and the episode ends after its calm."""
+    world_env = {**world.env(), "NAVI_PRESSURE_CALM": "1e-6"}
+    outcome = play(
+        parse("tick\nmemory 70%\ntick\nmemory 90%\ntick\nmemory 30%\ntick 2 times", Supervisord(start=time.time())),
+        NAVI,
+        world,
+        env=world_env,
+        stderr=world.root / "navi.stderr",
+    )
+    assert outcome.closed is not None and outcome.closed.exit_code == 0
+    began, ended = notifications(world)
+    assert (began["type"], began["pressure"]["phase"], ended["pressure"]["phase"]) == ("pressure", "began", "ended")
+    assert began["pressure"]["episode"] == ended["pressure"]["episode"]
+    assert began["pressure"]["working_set_bytes"] == int(0.9 * world.limit)
+    assert began["memory"]["limit_bytes"] == world.limit and began["process"]["name"] is None
+    assert ended["pressure"]["peak_working_set_bytes"] == int(0.9 * world.limit)
+
+
 def test_failing_at_start_until_fatal(world: FakeWorld) -> None:
     to_navi(world, "program db startretries 2\ndb fails to start with code 78\n")
     found = notifications(world)

@@ -31,7 +31,7 @@ from navi.consumer.entries import (
     kind_of,
     shown,
 )
-from navi.names import MAX_SIZE, claim_names, in_order, order_key, reason_name
+from navi.names import MAX_SIZE, claim_names, in_order, order_key, parse, reason_name
 from navi.names import notification_name as file_name
 from navi.notification import SCHEMA_VERSION, Notification
 from tests.helpers import examples, sample
@@ -205,6 +205,19 @@ def test_navi_names_come_in_incident_order(started: datetime, serials: list[int]
         file_name(started + timedelta(seconds=1), str(s)) for s in sorted(serials)
     ]
     assert ordered[-2:] == ["1700000000.json", "zz.json"]
+
+
+@settings(max_examples=examples(200))
+@given(stamps, st.lists(st.integers(0, 10**12 - 1), unique=True, min_size=2, max_size=10), st.integers(1, 9))
+def test_an_events_further_notifications_follow_it_in_order_and_in_a_plain_sort(
+    started: datetime, serials: list[int], more: int
+) -> None:
+    """A crash loop that begins with a crash, an episode seen between two
+    events: ``<start>-<serial>_<n>.json`` come after the event's own and
+    before the next event's, in Navi's order and in ``ls``'s."""
+    expected = [file_name(started, str(s), n) for s in sorted(serials) for n in range(more + 1)]
+    assert in_order(list(reversed(expected))) == expected == sorted(expected)
+    assert all(parse(name) is not None for name in expected)
 
 
 @given(names)
