@@ -26,6 +26,7 @@ SCHEMA_VERSION = 1
 # crash_loop and pressure are episodes, each written when it begins and
 # when it ends (new in 2.1: see docs/format.md#versions).
 Kind = Literal["crash", "oom", "fatal", "crash_loop", "pressure"]
+DEATHS = ("crash", "oom")  # their counts add up to the deaths in supervisord's log
 EPISODES = ("crash_loop", "pressure")
 Phase = Literal["began", "ended"]
 

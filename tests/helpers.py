@@ -370,7 +370,7 @@ MEMORY_LIMIT = 128 * 2**20  # 134217728: the memory_cgroup fixture's limit, with
 def own_name(name: str) -> bool:
     """A notification's own name (not one written beside a taken one)."""
     parts = names.parse(name)
-    return parts is not None and parts[2] == 0
+    return parts is not None and parts[3] == 0
 
 
 def has_memory_cgroup() -> bool:
@@ -476,9 +476,10 @@ class E2ESandbox(Sandbox):
         assert [n for n in listed if not own_name(n)] == []
         parsed = [json.loads(p.read_text(encoding="utf-8")) for p in files]
         for name, n in zip(listed, parsed):
-            if ":postmortem:" in n["id"]:  # no event behind it: written on the host after the container
+            if ":postmortem:" in n["id"] or not n["Header"]:  # no event behind it (a post-mortem, a sample)
                 continue
-            assert name.endswith(f"-{int(n['Header']['serial']):012d}.json")
+            parts = names.parse(name)
+            assert parts is not None and parts[1] == int(n["Header"]["serial"]), name
         ids = [n["id"] for n in parsed]
         assert len(set(ids)) == len(ids), f"duplicate ids: {ids}"
         return parsed

@@ -1,8 +1,10 @@
-"""``navi demo``: Navi doing its job under real supervisord, in about 10 s.
+"""``navi demo``: Navi doing its job under real supervisord, in about 20 s.
 
 supervisord starts from the shipped configuration under a temporary /mnt,
-with programs that die in the usual ways; where this machine allows (root,
-a writable memory cgroup), one of them is OOM-killed by the kernel for real.
+with programs that die in the usual ways, leaving their last words, and one
+that crash-loops and then recovers; where this machine allows (root, a
+writable memory cgroup), one climbs to its container's limit, so that
+pressure is told before the kernel OOM-kills it for real.
 """
 
 from __future__ import annotations
@@ -18,21 +20,39 @@ from pathlib import Path
 from typing import Any, Optional
 
 from navi.demo.sandbox import Sandbox, Unavailable, memory_cgroup, program
+from navi.listener import MemoryCgroup
 
 OOM_LIMIT = 192 << 20
 
 
 PROGRAMS = (
-    program("exits-3", 'sh -c "sleep 1.5; exit 3"')
+    program(
+        "web",
+        """sh -c "echo listening on :8080; sleep 1.5; echo \\"Error: Cannot find module 'express'\\" >&2; exit 3\"""",
+    )
     + program("segfaults", "sh -c 'sleep 1.5; kill -SEGV $$'")
     + program("killed", "sleep 3600")
-    + program("crash-loop", 'sh -c "sleep 1.2; exit 1"', autorestart="true")
-    + program("fails-at-start", 'sh -c "echo no config >&2; exit 1"', startretries=2)
+    # Crashes three times, then stays up: a crash loop that begins and ends.
+    + program(
+        "flaky",
+        "sh -c 'n=$(cat {mnt}/tmp/flaky 2>/dev/null || echo 0); echo $((n+1)) > {mnt}/tmp/flaky; sleep 1.2; "
+        'if [ $n -lt 3 ]; then echo "worker $n: connection refused" >&2; exit 1; fi; exec sleep 3600\'',
+        autorestart="true",
+    )
+    + program("fails-at-start", 'sh -c "echo no config >&2; exit 1"', startretries=1)
     + program("finishes", 'sh -c "sleep 1.5; exit 0"', exitcodes=0)
 )
-# exec: the hog is the process supervisord watches, so it sees the SIGKILL
-# itself (a shell in between would report "exit status 137").
-HOG = program("hog", f"sh -c 'sleep 2; exec {sys.executable} -c \"b = bytearray(1 << 30)\"'")
+# Short settings, for a demo: a loop is 3 deaths and over after 3 s without
+# one; pressure is over after 2 s below its end.
+SETTINGS = {"NAVI_LOOP_DEATHS": "3", "NAVI_LOOP_CALM": "3", "NAVI_PRESSURE_CALM": "2"}
+
+
+def hog(cgroup: MemoryCgroup) -> str:
+    """From half the limit to past it in 10 s (exec: supervisord itself sees
+    the SIGKILL; a shell in between would report "exit status 137")."""
+    usage = "memory.usage_in_bytes" if cgroup.version == 1 else "memory.current"
+    ramp = f"{sys.executable} -m navi.demo.ramp {cgroup.path}/{usage} {OOM_LIMIT} 10"
+    return program("hog", f"sh -c 'sleep 2; echo allocating >&2; exec {ramp}'")
 
 
 class Progress:
@@ -50,19 +70,29 @@ def _exit(n: dict[str, Any]) -> str:
     return "?" if exit_info["code"] is None else f"code {exit_info['code']}"
 
 
+def _deaths(n: dict[str, Any]) -> str:
+    deaths = n.get("deaths")
+    return "" if not deaths else f"{deaths['total']}" + (" loop" if deaths["crash_loop"] else "")
+
+
 def table(notifications: list[dict[str, Any]]) -> str:
-    rows = [("time (UTC)", "type", "program", "exit", "startup", "summary")]
+    rows = [("time (UTC)", "type", "program", "exit", "deaths", "summary (ending with its last words)")]
     for n in notifications:
-        startup = "yes" if n["exit"]["during_startup"] else ""
-        rows.append((n["time"][11:23], n["type"], n["process"]["name"], _exit(n), startup, n["summary"]))
+        exit_info = "" if n["type"] == "pressure" else _exit(n)
+        program = n["process"]["name"] or "(container)"
+        rows.append((n["time"][11:23], n["type"], program, exit_info, _deaths(n), n["summary"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows)
 
 
 def _run(box: Sandbox, progress: Progress, oom: bool) -> None:
-    expected = 1 + 1 + 1 + 3 + 4 + (1 if oom else 0)  # exits-3 segfaults killed crash-loop fails-at-start hog
+    # web segfaults killed flaky (3 crashes, its loop begun and ended) fails-at-start (2 and FATAL),
+    # and hog (pressure begun, the OOM kill, pressure over)
+    expected = 1 + 1 + 1 + 5 + 3 + (3 if oom else 0)
     if oom:
-        progress.say("hog allocates 1 GiB in a 192 MiB cgroup...")
+        progress.say(f"hog climbs from half its {OOM_LIMIT >> 20} MiB cgroup to past the limit in 10 s...")
+        box.wait_for(lambda: any(n["type"] == "pressure" for n in box.notifications_list()), 30, "the pressure")
+        progress.say("Navi said the container is near its limit")
         box.wait_for(lambda: any(n["type"] == "oom" for n in box.notifications_list()), 30, "the OOM kill")
         progress.say("hog was OOM-killed by the kernel")
     # A kill -9 at the same moment as an OOM kill could not be told from it
@@ -71,13 +101,6 @@ def _run(box: Sandbox, progress: Progress, oom: bool) -> None:
     pid = box.pid("killed")
     os.kill(pid, signal.SIGKILL)
     progress.say(f"sent SIGKILL to 'killed' (pid {pid}) from outside, as `kill -9` would")
-    box.wait_for(
-        lambda: sum(n["process"]["name"] == "crash-loop" for n in box.notifications_list()) >= 3,
-        30,
-        "three crashes of crash-loop",
-    )
-    box.stop_program("crash-loop")
-    progress.say("crash-loop crashed three times; stopped it with supervisorctl (a stop is not a crash)")
     seen = 0
     deadline = time.monotonic() + 30
     while seen < expected and time.monotonic() < deadline:
@@ -93,15 +116,16 @@ def run(directory: Optional[str] = None) -> int:
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="navi-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        cgroup_dir = None
+        cgroup: Optional[MemoryCgroup] = None
         try:
-            cgroup_dir = stack.enter_context(memory_cgroup(OOM_LIMIT)).path
-            progress.say(f"made a memory cgroup limited to {OOM_LIMIT >> 20} MiB: {cgroup_dir}")
+            cgroup = stack.enter_context(memory_cgroup(OOM_LIMIT))
+            progress.say(f"made a memory cgroup limited to {OOM_LIMIT >> 20} MiB: {cgroup.path}")
         except Unavailable as e:
             progress.say(f"no real OOM kill in this demo: {e}")
-        programs = PROGRAMS + (HOG if cgroup_dir else "")
+        programs = PROGRAMS + (hog(cgroup) if cgroup else "")
         progress.say(f"starting supervisord from the shipped configuration under {root / 'mnt'}")
-        box = stack.enter_context(Sandbox(programs, root=root, cgroup_dir=cgroup_dir))
+        cgroup_dir = cgroup.path if cgroup else None
+        box = stack.enter_context(Sandbox(programs, root=root, cgroup_dir=cgroup_dir, env=SETTINGS))
         progress.say("supervisord is up and navi is RUNNING as its event listener")
         _run(box, progress, oom=cgroup_dir is not None)
         found = box.notifications_list()

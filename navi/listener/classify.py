@@ -207,7 +207,8 @@ class Classifier:
         summary = summaries.pressure(change, memory)
         exit_info = no_exit("a pressure notification: no program died")
         n = self._notification(None, Evidence(observed_at=now), "pressure", summary, nobody(), exit_info, memory, notes)
-        return replace(n, pressure=change)
+        # No event behind it, whose serial would make it unique: its episode does.
+        return replace(n, id=f"{change.episode}:{change.phase}", pressure=change)
 
     def _notification(
         self,
@@ -223,7 +224,7 @@ class Classifier:
     ) -> Notification:
         return Notification(
             schema_version=SCHEMA_VERSION,
-            id=event_id(self.origin, event) if event is not None else self.id_prefix(),
+            id=event_id(self.origin, event) if event is not None else "",
             type=kind,
             time=evidence.observed_at,
             count=count,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Optional
 
-from navi.notification import Coalesced, Notification
+from navi.notification import DEATHS, Coalesced, Notification
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,6 @@ class _Key:
 
 
 MAX_KEYS = 1024
-DEATHS = ("crash", "oom")  # what the rate limit holds back
 
 
 def key_of(n: Notification) -> str:
@@ -95,8 +94,8 @@ class Coalescer:
         type folded in; or None when the rate limit holds it back."""
         key = self._key(out.notification, now)
         self.changes += 1
-        # Only deaths storm: a give-up comes once per program, and episodes
-        # begin and end at most once per window.
+        # Only deaths are held back: a give-up comes once per program, and
+        # episodes begin and end at most once per window.
         if out.notification.type in DEATHS:
             if key.tokens < 1:
                 self._hold(key, out, "rate limit")

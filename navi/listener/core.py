@@ -369,10 +369,9 @@ class Core:
         the rate limit."""
         out = []
         for n in decided:
-            serial = str(self._applied or 0)
-            name = notification_name(self._stamp, serial, self._nth)
-            if self._nth:  # an event's first notification has the event's id
-                n = replace(n, id=f"{self.classifier.id_prefix()}{serial}:{self._nth}")
+            name = notification_name(self._stamp, str(self._applied or 0), self._nth)
+            if self._nth:  # the event's first notification has the event's id
+                n = replace(n, id=f"{n.id}:{self._nth}")
             self._nth += 1
             admitted = self.coalescer.admit(Outgoing(name, self._with_save_notes(n)), now)
             out += [admitted] if admitted is not None else []

@@ -95,7 +95,7 @@ class PressureWatch:
     def observe(self, r: PressureReading, now: datetime, new_id: str) -> Optional[Pressure]:
         """Take a reading; the episode that begins or ends with it, if one does."""
         episode, change = self.step(r, now, new_id)
-        if episode != self.episode:
+        if change is not None:  # its peak and calm are saved with whatever is saved next
             self.changes += 1
         self.episode, self._last, self._last_at = episode, r, now
         return change

@@ -26,7 +26,7 @@ from navi.listener.procs import identity
 from navi.listener.protocol import Event
 from navi.listener.spool import Spool, SpoolError
 from navi.names import MAX_STATE_SIZE, STATE_FILE, next_seconds, original_name
-from navi.notification import FormatError, Original, Output, decode, encode
+from navi.notification import EPISODES, FormatError, Original, Output, decode, encode
 
 log = logging.getLogger("navi")
 
@@ -141,7 +141,9 @@ class Shell:
             )
             return
         for info in infos if isinstance(infos, list) else ():
-            if isinstance(info, dict) and info.get("statename") == "RUNNING" and isinstance(info.get("pid"), int):
+            # STARTING too: a death during startsecs is watched as well.
+            alive = isinstance(info, dict) and info.get("statename") in ("STARTING", "RUNNING")
+            if alive and isinstance(info.get("pid"), int):
                 self.core.note_running(str(info.get("group")), str(info.get("name")), info["pid"])
         self.deaths.watch(self.core.running.pids())
         if self.settings.limits.last_words:
@@ -360,7 +362,10 @@ class Shell:
                 )
                 break
             try:
-                if self.settings.original_dir and not self._spool.holds(name, notification.id):
+                # The original format is one file per event: an episode has
+                # none of its own (a crash loop's is its death's).
+                original = self.settings.original_dir and notification.type not in EPISODES
+                if original and not self._spool.holds(name, notification.id):
                     self._publish_original(out)
                 written = self._spool.publish(name, data, notification.id)
             except SpoolError as e:

@@ -153,7 +153,7 @@ class Unavailable(Exception):
 def own_name(name: str) -> bool:
     """A notification's own name (not one written beside a taken one)."""
     parts = names.parse(name)
-    return parts is not None and parts[2] == 0
+    return parts is not None and parts[3] == 0
 
 
 def has_memory_cgroup() -> bool:

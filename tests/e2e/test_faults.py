@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from navi.demo.sandbox import program
+from navi.notification import DEATHS
 from tests.helpers import triggered
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def test_a_crash_storm_is_coalesced_and_every_incident_counted(sandbox: SandboxF
     # Every incident ends up in a count: the burst one by one, the rest folded
     # into a notification written once the storm is over (quiet 1 s, then a TICK_5).
     def counted() -> int:
-        return sum(n["count"] for n in box.notifications_list())
+        return sum(n["count"] for n in box.notifications_list() if n["type"] in DEATHS)
 
     try:
         box.wait_for(lambda: counted() == incidents, 30, f"counts adding up to {incidents}")
@@ -44,7 +45,11 @@ def test_a_crash_storm_is_coalesced_and_every_incident_counted(sandbox: SandboxF
             f"{[n['count'] for n in box.notifications_list()]} != {incidents}\n{box.log('navi.log')[-1500:]}"
             f"\n{box.log('supervisord.log')[-1500:]}"
         ) from None
-    found = box.check_files()
+    files = box.check_files()
+    # It is a crash loop from its fifth death until it is stopped: said once each.
+    loops = [n["crash_loop"]["phase"] for n in files if n["type"] == "crash_loop"]
+    assert loops == ["began", "ended"]
+    found = [n for n in files if n["type"] == "crash"]
     assert len(found) <= 5 + 2  # the burst, perhaps one refill, and the end of the storm
     assert [n["count"] for n in found[:5]] == [1] * 5
     last = found[-1]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Optional
 from navi.demo.sandbox import program
 from navi.listener import rpc
 from navi.names import STATE_FILE
+from navi.notification import DEATHS
 from tests.helpers import E2ESandbox, descendants, kill_leftovers
 
 if TYPE_CHECKING:
@@ -243,7 +244,7 @@ def run_storm(box: E2ESandbox, rng: random.Random, kills: int = KILLS, seed: Opt
     last: tuple[int, float] = (-1, time.monotonic())
     while True:
         files = read_files(box)
-        counted = sum(int(n["count"]) for n, _ in files)  # type: ignore[call-overload]
+        counted = sum(int(n["count"]) for n, _ in files if n["type"] in DEATHS)  # type: ignore[call-overload]
         now = time.monotonic()
         if counted != last[0]:
             last = (counted, now)
@@ -266,7 +267,8 @@ def run_storm(box: E2ESandbox, rng: random.Random, kills: int = KILLS, seed: Opt
     bytes_by: dict[str, int] = {}
     for n, size in files:
         name = process_name(n)
-        counted_by[name] = counted_by.get(name, 0) + int(n["count"])  # type: ignore[call-overload]
+        if n["type"] in DEATHS:
+            counted_by[name] = counted_by.get(name, 0) + int(n["count"])  # type: ignore[call-overload]
         files_by[name] = files_by.get(name, 0) + 1
         bytes_by[name] = bytes_by.get(name, 0) + size
     main_log = box.log("supervisord.log")

@@ -669,7 +669,9 @@ def test_pressure_is_sampled_between_events_while_high_and_named_after_the_last_
     (began,) = published(actions)
     assert isinstance(actions[0], Save)  # saved before it is written, as any decision
     (name,) = [a.out.name for a in actions if isinstance(a, Publish)]
-    assert name == "20261201T030000.000000Z-000000000007_1.json" and began.id == "h:boot:1:100:7:1"
+    assert name == "20261201T030000.000000Z-000000000007_1.json"
+    assert began.pressure is not None and began.id == f"{began.pressure.episode}:began:1"
+    assert began.pressure.episode == "h:boot:1:100:pressure:20261201T030001.000000Z"
 
 
 def test_a_starting_program_is_watched_from_its_spawned_line() -> None:
@@ -683,3 +685,21 @@ def test_a_starting_program_is_watched_from_its_spawned_line() -> None:
     assert c.handle(backoff, Readings(T0, log_read=True, memory_read=True, memory=snapshot()))[-1] == WatchPids(
         frozenset()
     )
+
+
+def test_a_restarted_navi_ends_the_episode_the_last_one_began_under_its_own_id() -> None:
+    """Both samples follow the same last event, so their names may meet (the
+    spool writes the second beside the first); their ids never do."""
+    c = core()
+    c.handle(tick(7), Readings(T0, oom_kill_read=True, oom_kill=0, rss=(), pressure_read=True, pressure=pressed(0.7)))
+    high = Readings(T0 + timedelta(seconds=1), pressure_read=True, pressure=pressed(0.9), memory_read=True, rss=())
+    (began,) = published(c.sample(high))
+    again = core()
+    again.restore(decode(State, encode(c.state(T0 + timedelta(seconds=1)))), T0 + timedelta(seconds=2))
+    for s in (2, 40):
+        low = Readings(T0 + timedelta(seconds=s), pressure_read=True, pressure=pressed(0.3), memory_read=True, rss=())
+        ended = published(again.sample(low))
+    (over,) = ended
+    assert over.pressure is not None and began.pressure is not None
+    assert over.pressure.phase == "ended" and over.pressure.episode == began.pressure.episode
+    assert over.id != began.id
