@@ -1,3 +1,3 @@
 """Navi: a supervisord event listener that reports crashes and OOM kills."""
 
-__version__ = "2.0.0"
+__version__ = "2.1.0"
