@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Optional
 
-from navi.listener import summaries
+from navi.listener import lastwords, summaries
 from navi.listener.cgroup import MemorySnapshot
 from navi.listener.exitlog import ExitRecord, is_sigkill
 from navi.listener.procs import RssSample
@@ -26,6 +26,7 @@ from navi.notification import (
     Kind,
     MemoryInfo,
     Notification,
+    Output,
     Pressure,
     ProcessInfo,
     ProgramMemory,
@@ -39,6 +40,10 @@ MAX_PROGRAMS_LISTED = 10
 # log, or by this long, was of a process supervisord does not watch.
 OOM_WINDOW = timedelta(seconds=10)
 MAX_PENDING_KILLS = 256
+LATE_WORDS = (
+    "its output was read at its event, not at its death (no pidfd watched it): if supervisord had "
+    "already started it again, the last lines may be the new process's"
+)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class Evidence:
     exits_waiting: int = 0
     # The last memory sample of each running program.
     rss: tuple[RssSample, ...] = ()
+    # The dead program's last words, as read (None: not read).
+    output: Optional[Output] = None
 
 
 def event_id(origin: Origin, event: Event) -> str:
@@ -116,8 +123,9 @@ class Classifier:
         self._kills: deque[datetime] = deque(maxlen=MAX_PENDING_KILLS)
         # A previous Navi's death by SIGKILL, while kills were unclaimed.
         self._own_killed: Optional[tuple[ProcessInfo, ExitInfo]] = None
-        # The last exit of each program, for the FATAL that may follow.
-        self._last_exit: OrderedDict[str, ExitInfo] = OrderedDict()
+        # The last exit of each program and its last words, for the FATAL
+        # that may follow and the end of a crash loop.
+        self._last_exit: OrderedDict[str, tuple[ExitInfo, Optional[Output]]] = OrderedDict()
 
     @property
     def unclaimed_kills(self) -> int:
@@ -158,15 +166,18 @@ class Classifier:
         key = f"{group}:{name}"
         if incident is Incident.FATAL:
             kind: Kind = "fatal"
-            exit_info = self._last_exit.get(key) or no_exit(
-                "FATAL carries no exit status and Navi saw no earlier exit of it", startup=True
+            exit_info, words = self._last_exit.get(key) or (
+                no_exit("FATAL carries no exit status and Navi saw no earlier exit of it", startup=True),
+                None,
             )
             summary = summaries.fatal(name, exit_info)
             pid = None
         else:
             startup = event.name == "PROCESS_STATE_BACKOFF"
-            exit_info = _exit_info(evidence, startup)
-            self._remember(key, exit_info)
+            exit_info, words = _exit_info(evidence, startup), evidence.output
+            self._remember(key, exit_info, words)
+            if words is not None and not words.at_death:
+                notes.append(LATE_WORDS)
             kind = "oom" if self._claim_kill(exit_info, evidence, notes) else "crash"
             if exit_info.unavailable:
                 notes.append(f"exit status unknown: {exit_info.unavailable}")
@@ -175,26 +186,23 @@ class Classifier:
             if memory is not None and kind == "oom":
                 memory = _with_programs(memory, evidence.rss, victim=(group, name))
             summary = summaries.death(name, kind, exit_info, memory, startup)
-        return self._notification(
-            event, evidence, kind, summary, ProcessInfo(name=name, group=group, pid=pid), exit_info, memory, notes
-        )
+        process = ProcessInfo(name=name, group=group, pid=pid)
+        n = self._notification(event, evidence, kind, summary, process, exit_info, memory, notes)
+        return _with_last_words(n, words)
 
     def id_prefix(self) -> str:
         """What every id of this supervisord's lifetime begins with."""
         return f"{self.origin.host}:{self.origin.supervisord_key}:"
 
-    def last_exit(self, key: str) -> Optional[ExitInfo]:
-        """How the program ``group:name`` last died, as far as Navi saw."""
-        return self._last_exit.get(key)
-
-    def crash_loop(
-        self, event: Event, process: ProcessInfo, loop: CrashLoop, last: Optional[ExitInfo], now: datetime
-    ) -> Notification:
-        """A crash loop's begin or end, with the program's last exit."""
-        exit_info = last or no_exit("Navi saw no exit of it")
-        summary = summaries.crash_loop(process.name or "", loop, exit_info)
+    def crash_loop(self, event: Event, key: str, loop: CrashLoop, now: datetime) -> Notification:
+        """A crash loop's begin or end, for the program ``group:name``, with
+        its last exit and last words."""
+        exit_info, words = self._last_exit.get(key) or (no_exit("Navi saw no exit of it"), None)
+        group, _, name = key.partition(":")
+        summary = summaries.crash_loop(name, loop, exit_info)
+        process = ProcessInfo(name=name, group=group, pid=None)
         n = self._notification(event, Evidence(observed_at=now), "crash_loop", summary, process, exit_info, None, [])
-        return replace(n, crash_loop=loop)
+        return _with_last_words(replace(n, crash_loop=loop), words)
 
     def pressure(
         self, change: Pressure, snapshot: Optional[MemorySnapshot], rss: tuple[RssSample, ...], now: datetime
@@ -338,9 +346,9 @@ class Classifier:
             notes.append(f"this OOM kill was counted at a reading {ms:.0f} ms before this death was reported")
         return True
 
-    def _remember(self, key: str, exit_info: ExitInfo) -> None:
+    def _remember(self, key: str, exit_info: ExitInfo, words: Optional[Output]) -> None:
         self._last_exit.pop(key, None)
-        self._last_exit[key] = exit_info
+        self._last_exit[key] = (exit_info, words)
         while len(self._last_exit) > MAX_REMEMBERED_EXITS:
             self._last_exit.popitem(last=False)
 
@@ -376,6 +384,14 @@ def _with_programs(memory: MemoryInfo, samples: tuple[RssSample, ...], victim: O
     ]
     own = next((p for p in listed if (p.group, p.name) == victim), None)
     return replace(memory, programs=listed[:MAX_PROGRAMS_LISTED], victim=own)
+
+
+def _with_last_words(n: Notification, words: Optional[Output]) -> Notification:
+    """A program's notification with its last words, its summary ending with
+    the last line of them."""
+    if words is None:
+        return n
+    return replace(n, output=words, summary=summaries.with_last_words(n.summary, lastwords.last_line(words)))
 
 
 def nobody() -> ProcessInfo:

@@ -16,12 +16,10 @@ the saved state already, is recognised by its serial and changes nothing.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Optional, Union
 
-from navi.listener import lastwords, summaries
 from navi.listener.cgroup import MemorySnapshot, PressureReading
 from navi.listener.classify import OOM_WINDOW, Classifier, Evidence, Incident, Origin, triage
 from navi.listener.coalesce import Coalescer, Outgoing, Rate, RateLimit
@@ -32,11 +30,10 @@ from navi.listener.protocol import Event
 from navi.listener.restarts import LoopLimits, ProgramDeaths, Restarts
 from navi.listener.running import Running
 from navi.names import notification_name
-from navi.notification import EPISODES, CrashLoop, Notification, Output, ProcessInfo
+from navi.notification import EPISODES, CrashLoop, Notification, Output
 
 STATE_VERSION = 3
 TIDY_EVERY = timedelta(minutes=1)
-MAX_LAST_WORDS = 256  # programs whose last words are kept for a FATAL or a loop's end
 
 
 @dataclass(frozen=True)
@@ -170,10 +167,6 @@ FIRST_READING = (
 # first reading to be its container's: a Navi starts in seconds, or some tens
 # of seconds on a starved CPU.
 FIRST_START = timedelta(minutes=2)
-LATE_WORDS = (
-    "its output was read at its event, not at its death (no pidfd watched it): if supervisord had "
-    "already started it again, the last lines may be the new process's"
-)
 NO_EXIT_LINE = (
     "supervisord's log has no exited: line for it (it may have failed to spawn: see its spawnerr: "
     "lines; or supervisord logs only errors, or the line was rotated away)"
@@ -198,8 +191,7 @@ class Core:
         self.running = Running(origin.own_group)
         self.restarts = Restarts(limits.loops)
         self.pressure = PressureWatch(limits.pressure)
-        self._last_words_on = limits.last_words
-        self._last_words: OrderedDict[str, Output] = OrderedDict()  # group:name -> its last death's
+        self._last_words = limits.last_words
         self._nth = 0  # notifications named after the last event so far
         self._applied: Optional[int] = None
         self._outbox: dict[str, Outgoing] = {}
@@ -276,7 +268,7 @@ class Core:
         self._first_start(readings.now)
         incident = triage(event, self.origin)
         if incident is Incident.EXIT:
-            output = self._last_words_on and not readings.output_read
+            output = self._last_words and not readings.output_read
             return Needs(log=not readings.log_read, memory=not readings.memory_read, output=output)
         if incident is Incident.OWN_DEATH:
             return Needs(log=not readings.log_read, memory=not readings.memory_read)
@@ -381,14 +373,13 @@ class Core:
         """Crash loops that end with this event, and pressure that begins or ends."""
         fields = event.fields
         key = f"{fields.get('groupname', '')}:{fields.get('processname', '')}"
-        ended: list[tuple[str, CrashLoop]] = []
-        if event.name == "PROCESS_STATE_STOPPED":
-            ended += [(key, loop) for loop in [self.restarts.ended(key, readings.now, "stopped")] if loop]
-        elif event.name == "PROCESS_STATE_FATAL":
-            ended += [(key, loop) for loop in [self.restarts.ended(key, readings.now, "FATAL")] if loop]
+        ended: list[tuple[str, Optional[CrashLoop]]] = []
+        if event.name in ("PROCESS_STATE_STOPPED", "PROCESS_STATE_FATAL"):
+            why = "stopped" if event.name == "PROCESS_STATE_STOPPED" else "FATAL"
+            ended = [(key, self.restarts.ended(key, readings.now, why))]
         elif event.name.startswith("TICK_"):
-            ended += self.restarts.calmed(readings.now)
-        found = [self._loop(event, readings, k, loop) for k, loop in ended]
+            ended = [*self.restarts.calmed(readings.now)]
+        found = [self._loop(event, readings, k, loop) for k, loop in ended if loop is not None]
         return found + self._pressure(readings)
 
     def _pressure(self, readings: Readings) -> list[Notification]:
@@ -401,36 +392,18 @@ class Core:
         return [self.classifier.pressure(change, readings.memory, self._rss, readings.now)]
 
     def _loop(self, event: Event, readings: Readings, key: str, loop: CrashLoop) -> Notification:
-        """A crash loop's begin or end: with the program's last exit and last words."""
-        group, _, name = key.partition(":")
-        last = self.classifier.last_exit(key)
-        n = self.classifier.crash_loop(event, ProcessInfo(name=name, group=group, pid=None), loop, last, readings.now)
-        words = self._last_words.get(key)
-        summary = summaries.with_last_words(n.summary, lastwords.last_line(words))
-        return replace(n, summary=summary, output=words, deaths=self.restarts.deaths(key, readings.now))
+        n = self.classifier.crash_loop(event, key, loop, readings.now)
+        return replace(n, deaths=self.restarts.deaths(key, readings.now))
 
     def _decide(self, incident: Optional[Incident], event: Event, readings: Readings) -> list[Notification]:
         n = self._classify(incident, event, readings)
         if n is None or n.process.name is None or incident not in (Incident.EXIT, Incident.FATAL):
             return [] if n is None else [n]
         key = f"{n.process.group}:{n.process.name}"
-        loop = None
-        if incident is Incident.EXIT:
-            loop = self.restarts.death(key, readings.now)
-            if readings.output is not None:
-                self._last_words.pop(key, None)
-                self._last_words[key] = readings.output
-                while len(self._last_words) > MAX_LAST_WORDS:
-                    self._last_words.popitem(last=False)
-            words = readings.output
-        else:
-            words = self._last_words.get(key)
+        loop = self.restarts.death(key, readings.now) if incident is Incident.EXIT else None
         if n.type == "oom" and self.pressure.episode is not None:
             n = replace(n, pressure=self.pressure.info())
-        if words is not None and not words.at_death:
-            n = replace(n, notes=[*n.notes, LATE_WORDS])
-        summary = summaries.with_last_words(n.summary, lastwords.last_line(words))
-        n = replace(n, summary=summary, output=words, deaths=self.restarts.deaths(key, readings.now))
+        n = replace(n, deaths=self.restarts.deaths(key, readings.now))
         return [n] if loop is None else [n, self._loop(event, readings, key, loop)]
 
     def _classify(self, incident: Optional[Incident], event: Event, readings: Readings) -> Optional[Notification]:
@@ -482,6 +455,7 @@ class Core:
             # holds a kill back from being called the container's too.
             exits_waiting=self.exit_log.waiting(unseen=self._gap) + readings.dying,
             rss=self._rss,
+            output=readings.output,
         )
 
     # -- what the shell could and could not do -------------------------------
