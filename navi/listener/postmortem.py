@@ -27,6 +27,7 @@ from navi.listener import cgroup, summaries
 from navi.listener.classify import Origin
 from navi.listener.coalesce import Outgoing
 from navi.listener.core import State
+from navi.listener.pressure import describe
 from navi.listener.spool import Spool, SpoolError
 from navi.notification import (
     SCHEMA_VERSION,
@@ -49,6 +50,7 @@ class Remains:
     state: Optional[State]  # Navi's last state, if it saved one
     memory: cgroup.MemorySnapshot  # the cgroup's figures now
     group_kills: Optional[int]  # memory.events oom_group_kill (v2 only)
+    pressure: Optional[cgroup.PressureReading] = None  # its pressure figures now
 
 
 def judge(remains: Remains, host: str, now: datetime) -> Optional[Outgoing]:
@@ -107,6 +109,8 @@ def judge(remains: Remains, host: str, now: datetime) -> Optional[Outgoing]:
         header={},
         metadata={},
         source=_source(origin, host),
+        # The pressure episode Navi saw begin, which the kill ended.
+        pressure=describe(state.pressure, remains.pressure) if state and state.pressure and remains.pressure else None,
     )
     return Outgoing(names.notification_name(stamp, str(serial)), n)
 
@@ -138,7 +142,7 @@ def remains(cgroup_dir: str, notifications_dir: str) -> Remains:
             f"navi postmortem: no usable state of Navi's ({e}): every kill counted is taken as unreported",
             file=sys.stderr,
         )
-    return Remains(state, cgroup.read(found), group_kills)
+    return Remains(state, cgroup.read(found), group_kills, cgroup.read_pressure(found))
 
 
 def main(cgroup_dir: str, volume: str, notifications_dir: Optional[str], as_json: bool) -> int:

@@ -80,7 +80,7 @@ class PressureWatch:
         if episode is None:
             if (share is not None and share >= self.limits.begin) or throttled:
                 episode = Episode(new_id, now, ws, r.limit_hits, r.throttled)
-                return episode, self._info(episode, r)
+                return episode, describe(episode, r)
             return None, None
         if ws is not None and (episode.peak_bytes is None or ws > episode.peak_bytes):
             episode = replace(episode, peak_bytes=ws)
@@ -90,7 +90,7 @@ class PressureWatch:
             episode = replace(episode, below_since=now)
         if episode.below_since is None or now - episode.below_since < self.limits.calm:
             return episode, None
-        return None, self._info(episode, r, ended=now)
+        return None, describe(episode, r, ended=now)
 
     def observe(self, r: PressureReading, now: datetime, new_id: str) -> Optional[Pressure]:
         """Take a reading; the episode that begins or ends with it, if one does."""
@@ -103,23 +103,12 @@ class PressureWatch:
     def info(self) -> Pressure:
         """The episode going on, with the evidence of the last reading."""
         assert self.episode is not None
-        return self._info(self.episode, self._last or PressureReading(None, None, None, None, None, None, None))
+        return describe(self.episode, self._last or PressureReading(None, None, None, None, None, None, None))
 
-    @staticmethod
-    def _info(e: Episode, r: PressureReading, ended: Optional[datetime] = None) -> Pressure:
-        return Pressure(
-            phase="began" if ended is None else "ended",
-            episode=e.id,
-            began=e.began,
-            ended=ended,
-            working_set_bytes=working_set(r),
-            limit_bytes=r.limit_bytes,
-            peak_working_set_bytes=e.peak_bytes,
-            limit_hits=_rise(r.limit_hits, e.hits_before),
-            throttled=_rise(r.throttled, e.throttled_before),
-            stall_some_avg10=r.stall_some_avg10,
-            stall_full_avg10=r.stall_full_avg10,
-        )
+    def restore(self, episode: Optional[Episode]) -> None:
+        if self.episode is None and episode is not None:
+            self.episode = episode
+            self.changes += 1
 
     def sample_in(self, now: datetime) -> Optional[timedelta]:
         """How soon to read again, when sooner than the next TICK_5: while
@@ -131,7 +120,19 @@ class PressureWatch:
             return None
         return max(timedelta(0), self.limits.fast - (now - self._last_at))
 
-    def restore(self, episode: Optional[Episode]) -> None:
-        if self.episode is None and episode is not None:
-            self.episode = episode
-            self.changes += 1
+
+def describe(e: Episode, r: PressureReading, ended: Optional[datetime] = None) -> Pressure:
+    """An episode, with the evidence of the reading ``r``."""
+    return Pressure(
+        phase="began" if ended is None else "ended",
+        episode=e.id,
+        began=e.began,
+        ended=ended,
+        working_set_bytes=working_set(r),
+        limit_bytes=r.limit_bytes,
+        peak_working_set_bytes=e.peak_bytes,
+        limit_hits=_rise(r.limit_hits, e.hits_before),
+        throttled=_rise(r.throttled, e.throttled_before),
+        stall_some_avg10=r.stall_some_avg10,
+        stall_full_avg10=r.stall_full_avg10,
+    )

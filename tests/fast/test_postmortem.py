@@ -3,13 +3,15 @@ no Navi lived to report, from what outlives the container."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Optional
 
-from navi.listener.cgroup import MemorySnapshot
+from navi.listener.cgroup import MemorySnapshot, PressureReading
 from navi.listener.classify import Origin
 from navi.listener.core import Counter, RunningProgram, State
 from navi.listener.postmortem import Remains, judge
+from navi.listener.pressure import Episode
 from navi.listener.procs import RssSample
 
 T0 = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
@@ -66,3 +68,14 @@ def test_without_a_state_every_kill_counted_is_reported_and_that_is_said() -> No
 
 def test_an_unreadable_counter_reports_nothing() -> None:
     assert judge(Remains(state(0), memory(None), group_kills=None), "host", T0) is None
+
+
+def test_the_kill_names_the_pressure_episode_navi_saw_begin() -> None:
+    episode = Episode("web-7f9c2:boot:1:100:pressure:20261201T025950.000000Z", T0, 180 << 20, 10, None)
+    figures = PressureReading(192 << 20, 30 << 20, 0, 52, None, None, None)
+    out = judge(Remains(replace(state(0), pressure=episode), memory(1), 1, figures), "host", T0)
+    assert out is not None and out.notification.pressure is not None
+    p = out.notification.pressure
+    assert (p.episode, p.began, p.peak_working_set_bytes, p.limit_hits) == (episode.id, T0, 180 << 20, 42)
+    without = judge(Remains(state(0), memory(1), 1, figures), "host", T0)
+    assert without is not None and without.notification.pressure is None
