@@ -237,6 +237,39 @@ def mib(n: Optional[int]) -> str:
     return "?" if n is None else f"{n / 2**20:.1f} MiB"
 
 
+def _episode_lines(n: Notification) -> list[tuple[str, str]]:
+    """What a notification tells besides the death: its program's deaths and
+    crash loop, memory pressure, the program's last words (the application's
+    own bytes: shown() makes them printable)."""
+    lines = []
+    if n.deaths is not None:
+        d = n.deaths
+        loop = ", in a crash loop" if d.crash_loop else ""
+        lines.append(("deaths", f"{d.total} since supervisord started, {d.recent} in {d.window_seconds} s{loop}"))
+    if n.crash_loop is not None:
+        c = n.crash_loop
+        span = f"{when(c.first_death)} to {when(c.last_death)}"
+        lines.append(("loop", f"{c.phase} {when(c.ended or c.began)}: {c.deaths} deaths, {span}"))
+    if n.pressure is not None:
+        p = n.pressure
+        lines.append(("pressure", f"{p.phase}; episode {p.episode}, since {when(p.began)}"))
+        lines.append(
+            (
+                "",
+                f"working set {mib(p.working_set_bytes)} of {mib(p.limit_bytes)}, "
+                f"peak {mib(p.peak_working_set_bytes)}; limit hits {p.limit_hits}, throttled {p.throttled}, "
+                f"stalls {p.stall_some_avg10}% some, "
+                f"{p.stall_full_avg10}% full",
+            )
+        )
+    if n.output is not None:
+        for name, tail in (("stderr", n.output.stderr), ("stdout", n.output.stdout)):
+            where = f"{name} {shown(tail.file or '')}" + (" (cut)" if tail.cut else "")
+            lines.append((name, tail.unavailable or where))
+            lines += [("", f"| {shown(line)}") for line in tail.lines[-10:]]
+    return lines
+
+
 def pretty(found: Found) -> str:
     """A notification laid out for a person."""
 
@@ -285,6 +318,7 @@ def pretty(found: Found) -> str:
         if m.programs:
             lines.append(("", "programs: " + ", ".join(f"{s.name} {mib(s.rss_bytes)}" for s in m.programs)))
         lines += [("", f"problem: {text}") for text in m.problems]
+    lines += _episode_lines(n)
     lines += [("notes" if i == 0 else "", text) for i, text in enumerate(n.notes)]
     h, meta = n.header, n.metadata
     event = [h.get("eventname", "?"), f"serial {h.get('serial', '?')}"]
