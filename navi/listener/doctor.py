@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 from navi import __version__
-from navi.listener import cgroup, rpc
+from navi.listener import cgroup, lastwords, rpc
 from navi.listener.mainlog import LogUnavailable, log_source
 from navi.listener.procs import identity
 from navi.listener.shell import Settings
@@ -55,6 +55,8 @@ class ProgramFacts:
     pid: int
     stdout_logfile: str
     stderr_logfile: str
+    # Where its stderr and stdout go: its last words, or why none.
+    outputs: tuple[lastwords.Where, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,29 @@ def _supervisord(s: SupervisordFacts, process: Optional[SupervisordProcess]) -> 
     return found
 
 
+def _last_words(s: SupervisordFacts, settings: Settings) -> list[Finding]:
+    """Programs whose deaths can carry no last words: neither stream is
+    kept in a file Navi can read."""
+    if not settings.limits.last_words:
+        return [Finding("last words", OK, "not read (--no-output-tail, NAVI_NO_OUTPUT_TAIL)")]
+    programs = [p for p in s.programs if p.outputs and not is_navi(p.command)]
+    mute = [p for p in programs if all(w.file is None for w in p.outputs)]
+    found = [
+        Finding(
+            "last words",
+            WARN,
+            f"{p.group}:{p.name} keeps no log: "
+            + "; ".join(w.unavailable or "" for w in p.outputs)
+            + ": its deaths carry no last words",
+            "give it stdout_logfile=AUTO, or a file under /mnt/log (and redirect_stderr=true, or a stderr_logfile)",
+        )
+        for p in mute
+    ]
+    if programs and not mute:
+        found.append(Finding("last words", OK, f"read from the logs of {len(programs)} program(s) at their deaths"))
+    return found
+
+
 def _main_log(log: MainLog, supervisord: SupervisordFacts) -> list[Finding]:
     if log.error is not None or log.text is None:
         unasked = supervisord.error is not None and log.source.startswith("readLog")
@@ -450,6 +475,7 @@ def diagnose(facts: Facts) -> list[Finding]:
     """What Navi sees, and what would make its notifications wrong or missing."""
     return [
         *_supervisord(facts.supervisord, facts.process),
+        *_last_words(facts.supervisord, facts.settings),
         *_main_log(facts.main_log, facts.supervisord),
         *_notifications(facts.notifications, facts.settings),
         *_memory(facts.memory, facts.process),
@@ -505,6 +531,7 @@ def _ask_supervisord(url: str, url_given: bool) -> SupervisordFacts:
                 pid=int(info.get("pid", 0)),
                 stdout_logfile=_text(c.get("stdout_logfile")),
                 stderr_logfile=_text(c.get("stderr_logfile")),
+                outputs=(lastwords.where(c, "stderr"), lastwords.where(c, "stdout")),
             )
         )
     return SupervisordFacts(

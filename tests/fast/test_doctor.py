@@ -16,7 +16,7 @@ import pytest
 
 from navi.demo.sandbox import shipped_config_dir
 from navi.fake.world import FakeWorld
-from navi.listener import cgroup
+from navi.listener import cgroup, lastwords
 from navi.listener.doctor import (
     FAIL,
     OK,
@@ -41,7 +41,25 @@ from tests.helpers import report_line, run_doctor
 
 CONTAINER_CGROUP = "/libpod_parent/libpod-5f1c"
 NAVI = ProgramFacts("navi", "navi", "navi listen", "RUNNING", 7, "none", "/mnt/log/navi.log")
-START = ProgramFacts("start", "start", "/bin/sh -c ./run", "RUNNING", 8, "/mnt/log/start.log", "none")
+START = ProgramFacts(
+    "start",
+    "start",
+    "/bin/sh -c ./run",
+    "RUNNING",
+    8,
+    "/mnt/log/start.log",
+    "none",
+    (lastwords.Where(None, "stderr goes to stdout (redirect_stderr=true)"), lastwords.Where("/mnt/log/start.log")),
+)
+MUTE = dataclasses.replace(
+    START,
+    name="mute",
+    group="mute",
+    outputs=(
+        lastwords.Where(None, "stderr goes to stdout (redirect_stderr=true)"),
+        lastwords.Where(None, "stdout_logfile=NONE: supervisord keeps no log of it"),
+    ),
+)
 LOG = (
     '2026-11-25 00:47:17,115 INFO Included extra file "/etc/navi.conf" during parsing\n'
     "2026-11-25 00:47:17,118 INFO supervisord started with pid 1\n"
@@ -75,6 +93,7 @@ def test_a_healthy_container() -> None:
     assert [(f.what, f.status) for f in findings] == [
         ("supervisord", OK),
         ("listener", OK),
+        ("last words", OK),
         ("main log", OK),
         ("notifications", OK),
         ("filesystem", OK),
@@ -276,6 +295,13 @@ CASES = [
         "supervisord (pid 1) is in memory cgroup /elsewhere",
     ),
     ("another user", {"uid": 0, "user": "root"}, "user", WARN, "the directory was checked for the wrong user"),
+    (
+        "no last words",
+        {"supervisord": dataclasses.replace(HEALTHY.supervisord, programs=(NAVI, START, MUTE))},
+        "last words",
+        WARN,
+        "mute:mute keeps no log: stderr goes to stdout (redirect_stderr=true); stdout_logfile=NONE",
+    ),
     ("supervisord as root", {"process": dataclasses.replace(PROCESS, uid=0)}, "user", WARN, "supervisord runs as root"),
     ("doctor as root", {"uid": 0, "user": "root", "process": None}, "user", WARN, "doctor runs as root"),
 ]
@@ -379,3 +405,9 @@ def test_doctor_reads_a_cgroup_v2_container(scratch_dir: Path) -> None:
     )
     assert report_line(done.stdout, OK, "main log") == f"{log}: 3 lines in its last 64.0 KiB"
     assert done.returncode == 1  # no supervisord to ask
+
+
+def test_last_words_turned_off_are_said_so() -> None:
+    off = dataclasses.replace(HEALTHY.settings, limits=dataclasses.replace(HEALTHY.settings.limits, last_words=False))
+    [finding] = [f for f in diagnose(changed(settings=off)) if f.what == "last words"]
+    assert (finding.status, finding.seen) == (OK, "not read (--no-output-tail, NAVI_NO_OUTPUT_TAIL)")
