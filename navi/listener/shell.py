@@ -241,6 +241,8 @@ class Shell:
         self._carry_out(self.core.settle(readings.now))
         if event.name.startswith("TICK_"):
             self._sync_state()
+        elif self._said:  # what was read at a death is its event's, or no one's (a stop)
+            self._said.pop(f"{event.fields.get('groupname', '')}:{event.fields.get('processname', '')}", None)
 
     def wait(self, fd: int) -> None:
         """Until ``fd`` (stdin) is readable: deaths are seen meanwhile, and
@@ -284,7 +286,7 @@ class Shell:
         if that was its pid (BACKOFF names none), or read now."""
         fields = event.fields
         key = f"{fields.get('groupname', '')}:{fields.get('processname', '')}"
-        said = self._said.pop(key, None)
+        said = self._said.get(key)
         pid = fields.get("pid", "")
         if said is not None and (not pid.isdigit() or int(pid) == said[0]):
             return said[1]
