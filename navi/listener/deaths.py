@@ -7,10 +7,20 @@ running program, and when one dies makes one cheap XML-RPC call: activity
 on supervisord's socket ends its poll, it reaps the child and sends the
 EXITED event at once.  Without pidfds (Linux before 5.3) or without the
 socket, events come at supervisord's own pace.
+
+The wake is made in two steps, so that a program's last words can be read
+at the one moment they are all in its logs and nothing of the next
+process's is yet.  Navi connects: supervisord wakes to accept, and in that
+same pass reaps the dead child, which drains its pipes into its logs,
+writes its ``exited:`` line and closes its end of those pipes last.  It
+starts the program again only on its next pass, which waits for the
+request.  So Navi waits (briefly) for those pipes to be closed, has the last
+words read, and only then sends the request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -19,15 +29,27 @@ import time
 from collections.abc import Iterable
 from typing import Callable, Optional
 
+# How long a death waits for supervisord to have logged all the dead process
+# wrote (a child it left behind may hold its pipes open for ever).
+DRAIN_WAIT = 0.05
+
 log = logging.getLogger("navi")
 
 
 class DeathWatch:
     def __init__(
-        self, wake: Optional[Callable[[], None]], woken: Callable[[list[int]], None] = lambda pids: None
+        self,
+        wake: Optional[Callable[[Callable[[], None]], None]],
+        dead: Callable[[list[int]], None] = lambda pids: None,
+        proc_root: str = "/proc",
+        supervisord: Optional[int] = None,
     ) -> None:
+        # wake(connected): connect to supervisord, call connected(), then ask it something.
         self._wake = wake
-        self._woken = woken  # told which pids died, once supervisord is woken (it has reaped them then)
+        self._dead = dead  # told which pids died, once their output is logged, before they can be restarted
+        self._proc = proc_root
+        self._supervisord = os.getppid() if supervisord is None else supervisord
+        self._outputs: dict[int, set[str]] = {}  # pid -> its stdout and stderr pipes, as /proc names them
         self._poll = select.poll()
         self._fds: dict[int, int] = {}  # pid -> pidfd
         self._pids: dict[int, int] = {}  # pidfd -> pid
@@ -62,6 +84,7 @@ class DeathWatch:
             self._fds[pid] = fd
             self._pids[fd] = pid
             self._poll.register(fd, select.POLLIN)
+            self._outputs[pid] = self._pipes(pid)
         if dead:
             self._wake_supervisord()
 
@@ -74,21 +97,38 @@ class DeathWatch:
             while True:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 ready = [f for f, _ in self._poll.poll(None if left is None else left * 1000)]
-                dead = [self._pids[f] for f in ready if f in self._pids]
-                for pid in dead:
-                    self._forget(pid)
-                    self._fired.add(pid)
-                if dead:  # one wake for all: supervisord reaps every dead child in one pass
-                    # Its answer comes after it has reaped them, drained their
-                    # pipes into their logs, and before it starts them again.
-                    self._wake_supervisord()
-                    self._woken(dead)
+                self._take(ready)
                 if fd in ready:
                     return True
                 if not ready and left is not None and left <= 0:
                     return False
         finally:
             self._poll.unregister(fd)
+
+    def catch_up(self) -> None:
+        """Deaths that came while Navi was busy, before it answers
+        supervisord (the answer wakes it too, and it would restart them)."""
+        if self._fds:
+            self._take([f for f, _ in self._poll.poll(0)])
+
+    def _take(self, ready: list[int]) -> None:
+        """The deaths among the ready fds: once what they wrote is logged,
+        say so, then wake supervisord, once for all (it reaps every dead
+        child in one pass)."""
+        dead = [self._pids[f] for f in ready if f in self._pids]
+        if not dead:
+            return
+        pipes: set[str] = set()
+        for pid in dead:
+            pipes |= self._outputs.get(pid, set())
+            self._forget(pid)
+            self._fired.add(pid)
+
+        def logged() -> None:
+            self._wait_for_logs(pipes)
+            self._dead(dead)
+
+        self._wake_supervisord(logged)
 
     def dying(self) -> int:
         """Watched programs dead now whose events are not handled yet: an OOM
@@ -98,17 +138,68 @@ class DeathWatch:
         ready = sum(1 for fd, _ in self._poll.poll(0) if fd in self._pids)
         return ready + len(self._fired)
 
+    def _pipes(self, pid: int) -> set[str]:
+        """The pipes of ``pid``'s stdout and stderr, as "pipe:[inode]".  A
+        process just forked has not had them put in place yet: a moment."""
+        deadline = time.monotonic() + DRAIN_WAIT
+        while True:
+            found = set()
+            for fd in (1, 2):
+                try:
+                    target = os.readlink(f"{self._proc}/{pid}/fd/{fd}")
+                except OSError:
+                    continue  # closed, or not ours to look at
+                if target.startswith("pipe:"):
+                    found.add(target)
+            if found or time.monotonic() > deadline or not self._open_files(pid):
+                return found
+            time.sleep(0.0005)
+
+    def _open_files(self, pid: int) -> bool:
+        """Whether ``pid`` has files open: not when it is gone, or a zombie."""
+        try:
+            return bool(os.listdir(f"{self._proc}/{pid}/fd"))
+        except OSError:
+            return False
+
+    def _wait_for_logs(self, pipes: set[str]) -> None:
+        """Until supervisord has closed its end of these pipes: it does when
+        it reaps their process, once it has logged all it wrote."""
+        fds = f"{self._proc}/{self._supervisord}/fd"
+        deadline = time.monotonic() + DRAIN_WAIT
+        while pipes and time.monotonic() < deadline:
+            try:
+                held = set()
+                for fd in os.listdir(fds):
+                    with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+                        held.add(os.readlink(f"{fds}/{fd}"))
+            except OSError:
+                return  # not ours to look at: the logs are read as they are
+            if not pipes & held:
+                return
+            time.sleep(0.0005)
+
     def _forget(self, pid: int) -> None:
+        self._outputs.pop(pid, None)
         fd = self._fds.pop(pid)
         del self._pids[fd]
         self._poll.unregister(fd)
         os.close(fd)
 
-    def _wake_supervisord(self) -> None:
+    def _wake_supervisord(self, connected: Callable[[], None] = lambda: None) -> None:
         assert self._wake is not None
+        done = False
+
+        def once() -> None:
+            nonlocal done
+            done = True
+            connected()
+
         try:
-            self._wake()
+            self._wake(once)
         except Exception as e:  # the event still comes, at supervisord's pace
+            if not done:
+                once()
             if not self._wake_failed:
                 log.warning("cannot wake supervisord (%s): this death is reported at its pace", e)
             self._wake_failed = True

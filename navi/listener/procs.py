@@ -177,3 +177,13 @@ def identity(pid: int, proc_root: str = "/proc") -> Identity:
     with contextlib.suppress(*UNREADABLE, OverflowError), procfs(proc_root):
         started = datetime.fromtimestamp(psutil.Process(pid).create_time(), timezone.utc)
     return Identity(f"{boot_id}:{pid}:{ticks}", started)
+
+
+def children(pid: int, proc_root: str = "/proc") -> Optional[set[int]]:
+    """The children of the single-threaded ``pid`` (supervisord), from
+    /proc/PID/task/PID/children; None where the kernel has no such file."""
+    try:
+        with open(f"{proc_root}/{pid}/task/{pid}/children") as f:
+            return {int(p) for p in f.read().split()}
+    except (OSError, ValueError):
+        return None

@@ -171,14 +171,18 @@ def _connect(url: str, timeout: float) -> socket.socket:
     return socket.create_connection((host or "localhost", int(port)), timeout)
 
 
-def call(url: str, method: str, *params: Param, timeout: float = TIMEOUT) -> Any:
+def call(
+    url: str, method: str, *params: Param, timeout: float = TIMEOUT, connected: Callable[[], None] = lambda: None
+) -> Any:
     """Call ``method`` at ``unix:///path`` or ``http://host:port``.  The
     whole exchange takes at most ``timeout`` seconds: supervisord must never
-    be able to hang Navi while it holds an event."""
+    be able to hang Navi while it holds an event.  ``connected`` runs once
+    the connection is made, before the request is sent."""
     body = request_body(method, params)
     deadline = time.monotonic() + timeout
     try:
         with _connect(url, timeout) as sock:
+            connected()
             sock.sendall(
                 b"POST /RPC2 HTTP/1.0\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)

@@ -100,7 +100,11 @@ class Shell:
         self.core.first_log(self._read_log())
         url = settings.supervisor_url
         self.deaths = DeathWatch(
-            (lambda: rpc.call(url, "supervisor.getState", timeout=WAKE_TIMEOUT)) if url else None, self._died
+            (lambda connected: rpc.call(url, "supervisor.getState", timeout=WAKE_TIMEOUT, connected=connected))
+            if url
+            else None,
+            self._died,
+            settings.proc_root,
         )
         # Where each program's output goes ("group:name"), and the last words
         # read at deaths, for their events.
@@ -179,13 +183,21 @@ class Shell:
         return lastwords.output(windows[0], windows[1], at_death)
 
     def _died(self, pids: list[int]) -> None:
-        """Programs seen dead, supervisord woken: read their last words now,
-        before it can start them again and their new output follows."""
+        """Programs seen dead, all they wrote logged, supervisord not yet
+        woken to restart them: their last words, to the last, and nothing of
+        the next process's."""
         if not self.settings.limits.last_words:
             return
-        for group, name, pid in self.core.running.programs():
-            if pid in pids:
-                self._said[f"{group}:{name}"] = (pid, self._last_words(f"{group}:{name}", at_death=True))
+        programs = self.core.running.programs()
+        read = {f"{g}:{n}": (pid, self._last_words(f"{g}:{n}", at_death=True)) for g, n, pid in programs if pid in pids}
+        # Something else may have woken supervisord first, to reap and start
+        # them again: a child of its that Navi does not know of yet may be a
+        # new process, whose first words may be among those read.
+        known = {pid for _, _, pid in programs} | {os.getpid()}
+        new = procs.children(os.getppid(), self.settings.proc_root)
+        if new is None or new - known:
+            read = {key: (pid, replace(words, at_death=False)) for key, (pid, words) in read.items()}
+        self._said.update(read)
 
     def _open_spool(self) -> None:
         try:
@@ -243,6 +255,7 @@ class Shell:
             self._sync_state()
         elif self._said:  # what was read at a death is its event's, or no one's (a stop)
             self._said.pop(f"{event.fields.get('groupname', '')}:{event.fields.get('processname', '')}", None)
+        self.deaths.catch_up()
 
     def wait(self, fd: int) -> None:
         """Until ``fd`` (stdin) is readable: deaths are seen meanwhile, and

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
+from typing import Callable
 
 import pytest
 
@@ -23,7 +25,8 @@ class Pipe:
         self.wakes = 0
         self.fail = fail
 
-    def wake(self) -> None:
+    def wake(self, connected: Callable[[], None]) -> None:
+        connected()  # before the request: what waits for the dead's logs
         self.wakes += 1
         os.write(self.write_fd, b"x")  # as supervisord sends the event once woken
         if self.fail:
@@ -141,3 +144,31 @@ def test_without_a_wake_nothing_is_watched(pipe: Pipe) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_last_words_are_taken_once_supervisord_closed_the_pipes_before_it_is_asked(pipe: Pipe) -> None:
+    """This test plays supervisord: it holds the read end of the child's
+    stdout, and closes it only a moment after the child died (as supervisord
+    does when it reaps it); the dead are told of only then, and before the
+    request that lets supervisord start them again."""
+    child = subprocess.Popen(["sh", "-c", "read x"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    order: list[str] = []
+
+    def dead(pids: list[int]) -> None:
+        order.append("dead: pipe closed" if child.stdout is None or child.stdout.closed else "dead: pipe open")
+
+    def wake(connected: Callable[[], None]) -> None:
+        connected()
+        order.append("asked")
+        pipe.wake(lambda: None)
+
+    watch = DeathWatch(wake, dead, supervisord=os.getpid())
+    watch.watch([child.pid])
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.close()  # it ends
+    child.wait()
+    timer = threading.Timer(0.01, child.stdout.close)  # "reaped" 10 ms later
+    timer.start()
+    watch.wait_for_input(pipe.read_fd)
+    timer.join()
+    assert order == ["dead: pipe closed", "asked"]
