@@ -46,11 +46,14 @@ class Where:
     unavailable: Optional[str] = None
 
 
+REDIRECTED = "stderr goes to stdout (redirect_stderr=true)"
+
+
 def where(config: dict[str, object], stream: str) -> Where:
     """Where ``stream`` (stdout or stderr) goes, from supervisord's
     ``getAllConfigInfo`` entry for the program."""
     if stream == "stderr" and config.get("redirect_stderr"):
-        return Where(None, "stderr goes to stdout (redirect_stderr=true)")
+        return Where(None, REDIRECTED)
     path = config.get(f"{stream}_logfile")
     if isinstance(path, str) and path.lower() == "auto":  # named when its program's group starts
         return Where(None, f"{stream}_logfile=AUTO: supervisord has not named its log yet")
@@ -94,7 +97,7 @@ def last_line(out: Optional[Output]) -> Optional[str]:
     there), fit for a summary: printable only, at most SUMMARY_CHARS."""
     if out is None:
         return None
-    stream = out.stdout if out.stderr.unavailable is not None else out.stderr
+    stream = out.stdout if out.stderr.unavailable == REDIRECTED else out.stderr
     for line in reversed(stream.lines):
         # What a terminal shows of a line rewritten with \r: its last part.
         shown = _ESCAPES.sub(" ", line.rsplit("\r", 1)[-1])

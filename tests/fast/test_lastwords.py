@@ -18,7 +18,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from navi.listener import childlog
-from navi.listener.lastwords import MAX_BYTES, MAX_LINES, SUMMARY_CHARS, Window, last_line, output, tail, where
+from navi.listener.lastwords import (
+    MAX_BYTES,
+    MAX_LINES,
+    REDIRECTED,
+    SUMMARY_CHARS,
+    Window,
+    last_line,
+    output,
+    tail,
+    where,
+)
 from navi.notification import Output, StreamTail
 from tests.helpers import examples
 
@@ -152,6 +162,12 @@ def test_stdout_when_stderr_goes_there() -> None:
     assert last_line(out) == "last words"
 
 
+def test_not_stdout_when_stderr_cannot_be_read() -> None:
+    # stdout's last line is then no error message: "GET /health 200".
+    for why in ("/err is a symbolic link: not followed", "stderr_logfile=NONE: supervisord keeps no log of it"):
+        assert last_line(words(b"", b"GET /health 200\n", stderr_unavailable=why)) is None
+
+
 def test_no_line_to_say() -> None:
     assert last_line(None) is None
     assert last_line(words(b"", b"stdout only\n")) is None
@@ -206,7 +222,7 @@ def test_escapes_anywhere_leave_the_words(words_: list[str], escapes: list[str],
 @settings(max_examples=examples(400))
 @given(stderr=HOSTILE, stdout=HOSTILE, redirected=st.booleans())
 def test_a_summary_line_is_printable_and_short(stderr: bytes, stdout: bytes, redirected: bool) -> None:
-    line = last_line(words(stderr, stdout, "redirected" if redirected else None))
+    line = last_line(words(stderr, stdout, REDIRECTED if redirected else None))
     if line is not None:
         assert line and line.isprintable() and "\x1b" not in line
         assert len(line) <= SUMMARY_CHARS
