@@ -19,12 +19,10 @@ MAX_LINES = 40
 MAX_BYTES = 4096  # of each stream
 SUMMARY_CHARS = 200
 
-# ANSI escape sequences (CSI; OSC and the other strings ended by BEL or ST;
-# the rest, such as ESC ( B, which tput sgr0 writes), then any other C0/C1
-# control character: none of them belongs in a line a person reads.
-_ESCAPES = re.compile(
-    r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])|[\x00-\x1f\x7f-\x9f]"
-)
+# ANSI escape sequences: CSI; OSC and the other strings ended by BEL or ST;
+# the rest, such as ESC ( B, which tput sgr0 writes.  None of them belongs in
+# a line a person reads (nor does any other character that is not printable).
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
 _CONTINUATION = bytes(range(0x80, 0xC0))  # UTF-8's bytes after a character's first
 
 
@@ -101,8 +99,8 @@ def last_line(out: Optional[Output]) -> Optional[str]:
     for line in reversed(stream.lines):
         # What a terminal shows of a line rewritten with \r: its last part.
         shown = _ESCAPES.sub(" ", line.rsplit("\r", 1)[-1])
-        # Nor what it does not show: text direction marks, invisible and
-        # unassigned characters.
+        # Nor what it does not show: control characters, text direction
+        # marks, invisible and unassigned characters.
         clean = " ".join("".join(c if c.isprintable() else " " for c in shown).split())
         if clean:
             return clean if len(clean) <= SUMMARY_CHARS else clean[: SUMMARY_CHARS - 1] + "…"
