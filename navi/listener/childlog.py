@@ -11,6 +11,8 @@ import stat
 
 from navi.listener.lastwords import MAX_BYTES, Window
 
+# Backups read at most: enough to fill MAX_BYTES from logs rotated at 410 bytes.
+MAX_BACKUPS = 10
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -34,8 +36,8 @@ def _end(path: str, size: int) -> tuple[bytes, bool]:
 
 def read_end(path: str) -> Window:
     """At most MAX_BYTES of the end of ``path``.  Where supervisord rotated
-    it, so that it is shorter than that, the rest comes from the end of
-    ``path.1``."""
+    it, so that it is shorter than that, the rest comes from the ends of
+    ``path.1``, ``path.2``, ... (a backup holds ``*_logfile_maxbytes``)."""
     try:
         data, whole = _end(path, MAX_BYTES)
     except _NotRegular:
@@ -43,13 +45,19 @@ def read_end(path: str) -> Window:
     except OSError as e:
         if e.errno == errno.ELOOP:
             return Window(path, unavailable=f"{path} is a symbolic link: not followed")
+        if e.errno == errno.ENXIO:  # a socket
+            return Window(path, unavailable=f"{path} is not a regular file: not read")
         if e.errno == errno.ENOENT:
             return Window(path, unavailable=f"{path} does not exist (rotated away, or never written)")
         return Window(path, unavailable=f"cannot read {path}: {e.strerror}")
-    if whole and len(data) < MAX_BYTES:
+    # Into the backups while all of the newer file fitted: ``whole`` stays
+    # true only where the next one is missing (or empty: nothing left out).
+    for n in range(1, MAX_BACKUPS + 1):
+        if not whole:
+            break
         try:
-            before, whole = _end(path + ".1", MAX_BYTES - len(data))
-            data = before + data
+            before, whole = _end(f"{path}.{n}", MAX_BYTES - len(data))
         except (OSError, _NotRegular):
-            pass  # no backup to go on from
+            break  # no backup to go on from
+        data = before + data
     return Window(path, data, whole)
