@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 from navi.demo.sandbox import program
 from tests.helpers import triggered
 
@@ -179,12 +177,6 @@ FLAPPY = "echo hello from $$ >&2; echo up $$; sleep 0.15; echo up $$: still; ech
 DEATHS = 30
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: a run that happens to win every death passes
-    reason="the words are read after the getState reply, but supervisord restarts the program in the pass that "
-    "accepts that connection, before it replies: under load the new process's first line is read as the dead "
-    "one's last (about 1 death in 10 on 2 busy cores), and output.at_death still says true",
-)
 def test_a_restarted_program_s_first_words_are_not_the_dead_one_s_last(sandbox: SandboxFactory) -> None:
     box = sandbox(
         # Started once Navi is up (the first process is watched); every restart at once.
