@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from navi.consumer.inbox import Problem
+from navi.consumer.inbox import Found, Problem
 from navi.consumer.watch import Notice, Watch
 from navi.demo.sandbox import program
 from tests.helpers import WAIT, Collector, count, inotify_works, name_of, publish, sample, triggered
@@ -119,6 +120,54 @@ def test_claiming_watchers_side_by_side_give_each_notification_once(
     assert sorted(given) == sorted(sample(s).id for s in serials)  # each once, by one of them
     assert os.listdir(d) == [".claimed"]
     assert sorted(os.listdir(d / ".claimed")) == sorted(name_of(s) for s in serials)
+
+
+@pytest.mark.parametrize("use_inotify", MODES)
+def test_with_a_gate_each_directory_gives_one_at_a_time_in_order_the_rest_waiting_there(
+    tmp_path: Path, use_inotify: Any
+) -> None:
+    """navi forward's way: a directory's next notification is claimed only
+    once the caller is done with the one before (resume), and the rest stay
+    where Navi counts them."""
+    first, second = tmp_path / "c1", tmp_path / "c2"
+    first.mkdir()
+    second.mkdir()
+    publish(first, 3, 1, 2)
+    publish(second, 5)
+    holding: set[str] = set()
+    taken: list[Found] = []
+    w = watch([str(tmp_path / "c*")], use_inotify, claim=True, claim_dir=".forward", gate=lambda d: d not in holding)
+
+    def look() -> list[Notice]:
+        notices = []
+        for item in w.look():
+            if isinstance(item, Found):
+                holding.add(item.directory)
+                taken.append(item)
+            elif isinstance(item, Notice):
+                notices.append(item)
+        return notices
+
+    with w:
+        list(w.start())
+        notices = look()
+        assert [(n.started, n.stopped) for n in notices] == [(str(first), None), (str(second), None)]
+        assert w.directories == [str(first), str(second)] and w.inbox(str(first)) is not None
+        assert [f.notification for f in taken] == [sample(1), sample(5)]
+        publish(second, 6)
+        w.wait(time.monotonic() + 0.3)
+        look()
+        assert len(taken) == 2  # both gated
+        assert sorted(os.listdir(first)) == [".forward", name_of(2), name_of(3)]
+        holding.discard(str(first))
+        w.resume(str(first))
+        look()
+        assert [f.notification for f in taken[2:]] == [sample(2)]
+        threading.Timer(0.1, w.wake).start()
+        started = time.monotonic()
+        w.wait(started + 10 * WAIT)  # cut short by wake()
+        assert time.monotonic() - started < WAIT
+    assert os.listdir(second / ".forward") == [name_of(5)]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
