@@ -9,9 +9,14 @@ It prints its port on stdout, then serves on 127.0.0.1 until SIGTERM.  What
 it answers is changed over HTTP: POST /_control with a JSON object
 ``{"status": 200, "retry_after": null, "hang": false, "delay": 0}`` (any of
 them).  ``hang``: read the request and never answer (until told otherwise,
-or the client gives up).  Each line of the log: ``seq``, ``status`` (what
-was answered; null when it hung), ``mode`` (structured or binary), the
-event's attributes, ``valid`` and ``problem``.
+or the client gives up).  An invalid event is answered 400; a request
+without the expected header 401, with what it had instead in the body (as
+some receivers do: the forwarder must keep it out of its log).  Each line
+of the log: ``seq``, ``t``, ``status`` (what was answered; null when it
+hung), ``mode`` (structured or binary), the event's attributes, ``valid``
+and ``problem``.
+
+:class:`Running` starts one as a process, for a test or the benchmark.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Optional
 
 from cloudevents.core.bindings.http import HTTPMessage, from_http
@@ -44,7 +52,7 @@ class State:
     def record(self, line: dict[str, Any]) -> None:
         with self.lock:
             self.seq += 1
-            self.log.write(json.dumps({"seq": self.seq, **line}) + "\n")
+            self.log.write(json.dumps({"seq": self.seq, "t": time.time(), **line}) + "\n")
             self.log.flush()
 
 
@@ -109,13 +117,15 @@ class Handler(BaseHTTPRequestHandler):
         headers = dict(self.headers.items())
         attrs, problem = check(headers, body)
         mode = "binary" if any(k.lower().startswith("ce-") for k in headers) else "structured"
+        line = {"mode": mode, "content_type": self.headers.get("Content-Type"), **attrs, "valid": not problem}
         if state.expect_header is not None:
             name, value = state.expect_header
             if self.headers.get(name) != value:
-                problem = problem or f"no {name} header, or not the one expected"
+                state.record({**line, "status": 401, "problem": f"not the {name} expected"})
+                self._reply(401, text=f"{name} {self.headers.get(name)!r} is not the one expected")
+                return
         with state.lock:
             answer = dict(state.answer)
-        line = {"mode": mode, "content_type": self.headers.get("Content-Type"), **attrs, "valid": not problem}
         if problem:
             state.record({**line, "status": 400, "problem": problem})
             self._reply(400, text=f"invalid event: {problem}")
@@ -133,6 +143,56 @@ class Handler(BaseHTTPRequestHandler):
         state.record({**line, "status": status})
         extra = {"Retry-After": str(answer["retry_after"])} if answer["retry_after"] is not None else {}
         self._reply(status, extra, "" if status < 300 else f"told to answer {status}")
+
+
+class Running:
+    """A receiver process, ended by its pid (:meth:`close`)."""
+
+    def __init__(self, log: Path, *options: str) -> None:
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.receiver", "--log", str(log), *options],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        assert self.process.stdout is not None
+        port = self.process.stdout.readline().strip()
+        if not port:
+            self.close()
+            raise RuntimeError("the receiver did not start")
+        self.base = f"http://127.0.0.1:{port}"
+        self.url = f"{self.base}/events"
+
+    def answer(self, **how: Any) -> None:
+        """Answer from now on as told (status, retry_after, hang, delay)."""
+        request = urllib.request.Request(f"{self.base}/_control", json.dumps(how).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every request so far, in order (a line being written is left for next time)."""
+        if not self.log.exists():
+            return []
+        lines = self.log.read_text(encoding="utf-8").split("\n")[:-1]
+        return [json.loads(line) for line in lines]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Server(ThreadingHTTPServer):

@@ -12,10 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from navi.consumer.inbox import Found, Problem
 from navi.consumer.watch import Notice, Watch
@@ -263,6 +265,49 @@ def test_claiming_what_the_real_listener_writes(sandbox: SandboxFactory, collect
         if "ERROR" in line and not line.endswith("OOM kills will be reported as crashes")
     ]
     assert errors == []
+
+
+def test_watch_serves_its_counts_as_prometheus_metrics(tmp_path: Path) -> None:
+    first, second = tmp_path / "c1", tmp_path / "c2"
+    first.mkdir()
+    second.mkdir()
+    publish(first, 1, 2)
+    publish(second, 3)
+    os.mkfifo(second / "planted.json")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "navi", "watch", "--json", "--ack", "--metrics", "127.0.0.1:0", str(tmp_path / "c*")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        url = proc.stderr.readline().split(" at ", 1)[1].strip()
+        assert sorted(json.loads(proc.stdout.readline())["notification"]["id"] for _ in range(3)) == [
+            sample(s).id for s in (1, 2, 3)
+        ]
+        said = ""
+        while "quarantined" not in said:  # the FIFO, after the notifications
+            said = proc.stderr.readline()
+            assert said, "stderr ended"
+        with urllib.request.urlopen(url, timeout=WAIT) as response:
+            text = response.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    samples = {
+        (s.name, tuple(s.labels.values())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("navi_notifications_total", ("crash",))] == 3
+    assert samples[("navi_notifications_total", ("oom",))] == 0
+    assert samples[("navi_problems_total", ())] == 1  # the FIFO, quarantined
+    assert samples[("navi_directories_watched", ())] == 2
+    assert not any(name.startswith(("navi_deliveries", "navi_retries")) for name, _ in samples)
 
 
 def test_a_notification_that_cannot_be_printed_is_put_back(tmp_path: Path) -> None:
