@@ -205,6 +205,9 @@ class Watch:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        # A late wake() (a thread still finishing) must not write into a
+        # file that reuses the number.
+        self._wake_r = self._wake_w = -1
 
     def __enter__(self) -> Watch:
         return self
