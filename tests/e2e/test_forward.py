@@ -308,10 +308,11 @@ def test_both_modes_with_a_token_from_a_file_that_shows_in_neither_ps_nor_the_lo
     wrong.write_text("Authorization: Bearer w1d3ly-wr0ng\n")
     mode = ["--binary"] if binary else []
     with Running(tmp_path / "received.jsonl", "--expect-header", f"Authorization: {token}") as r:
-        f = Forwarding(tmp_path, r.url, [str(d)], "--headers", str(good), *mode)
+        f = Forwarding(tmp_path, r.url, [str(d)], "--headers", str(good), "--metrics-by-program", *mode)
         forwarders.append(f)
         until(lambda: len(accepted(r)) == 2, "both notifications")
         cmdline = " ".join(psutil.Process(f.process.pid).cmdline())
+        by_program = f.metrics()
         assert f.stop() == 0
         publish(d, 3)
         liar = Forwarding(tmp_path, r.url, [str(d)], "--headers", str(wrong), *mode)
@@ -324,6 +325,8 @@ def test_both_modes_with_a_token_from_a_file_that_shows_in_neither_ps_nor_the_lo
     assert [x["subject"] for x in ok] == ["wéb worker\u2028", "web"]
     assert {x["mode"] for x in ok} == {"binary" if binary else "structured"} and all(x["valid"] for x in records)
     assert [x["status"] for x in records] == [200, 200, 401]
+    assert metric(by_program, "navi_notifications_total", type="crash", program="wéb worker\u2028") == 1
+    assert metric(by_program, "navi_notifications_total", type="crash", program="web") == 1
     reason = (rejected / names.reason_name(name_of(3))).read_text()
     assert reason.startswith("the receiver answered 401: Unauthorized; Authorization '***' is not the one expected")
     assert (rejected / name_of(3)).is_file()
