@@ -31,12 +31,12 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+pytest.importorskip("cloudevents.core", reason="the cloudevents SDK 2 needs Python 3.10 or newer")
+
 from navi import names
 from navi.listener.spool import Spool
 from tests.helpers import WAIT, name_of, publish, sample
 from tests.receiver import Running
-
-pytest.importorskip("cloudevents.core", reason="the cloudevents SDK 2 needs Python 3.10 or newer")
 
 
 def until(ready: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
