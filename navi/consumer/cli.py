@@ -83,13 +83,6 @@ def _parser() -> argparse.ArgumentParser:
         "seconds, so that new containers are picked up. Ends cleanly on SIGINT or SIGTERM.",
     )
     watch.add_argument(
-        "globs",
-        nargs="*",
-        metavar="GLOB",
-        default=[DEFAULT_DIR],
-        help=f"notification directories or globs (default: {DEFAULT_DIR})",
-    )
-    watch.add_argument(
         "--json", action="store_true", help="one JSON line per notification: {dir, file, claimed, notification}"
     )
     watch.add_argument(
@@ -117,13 +110,6 @@ def _parser() -> argparse.ArgumentParser:
         "with the reason at a 4xx (but 408 and 429); anything else is retried with backoff, honouring "
         "Retry-After. Killed and started again, it sends first what it had not delivered. Ends cleanly on "
         "SIGINT or SIGTERM.",
-    )
-    forward.add_argument(
-        "globs",
-        nargs="*",
-        metavar="GLOB",
-        default=[DEFAULT_DIR],
-        help=f"notification directories or globs (default: {DEFAULT_DIR})",
     )
     forward.add_argument("--to", required=True, metavar="URL", help="the receiver: an http:// or https:// URL")
     forward.add_argument(
@@ -218,7 +204,14 @@ def _count(value: str) -> int:
 
 
 def _following(command: argparse.ArgumentParser) -> None:
-    """The options of following directories, and their metrics."""
+    """The directories to follow, how, and the metrics."""
+    command.add_argument(
+        "globs",
+        nargs="*",
+        metavar="GLOB",
+        default=[DEFAULT_DIR],
+        help=f"notification directories or globs (default: {DEFAULT_DIR})",
+    )
     command.add_argument("--poll", action="store_true", help="poll even where inotify works")
     command.add_argument(
         "--interval",

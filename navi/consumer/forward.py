@@ -87,7 +87,7 @@ class Forwarder:
         self.pool = ThreadPoolExecutor(settings.limit, thread_name_prefix="navi-forward")
         self.random = random.Random()
         self.failing = False  # the receiver's last answer was a failure (said once, until it recovers)
-        self.oldest: Optional[float] = None  # for the metrics thread: read, never changed, there
+        self.oldest: Optional[float] = None  # written here, read by the metrics' thread at a scrape
         if metrics is not None:
             metrics.watch_oldest(lambda: self.oldest)
 
@@ -110,7 +110,6 @@ class Forwarder:
             self._settle_answers()
             self._send()
             self.watch.wait(self.schedule.wake_at())
-            self._settle_answers()
         deadline = time.monotonic() + self.settings.timeout + 1
         while self.schedule.in_flight and time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):

@@ -266,6 +266,8 @@ class Watch:
             wake.append(self._next_poll)
         if until is not None:
             wake.append(until)
+        if any(w.dirty and w.blocked_until <= now for w in self._watched.values()):
+            wake.append(now)  # resumed since the last look: no sleep
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         if self._inotify is not None:
