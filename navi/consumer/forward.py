@@ -269,7 +269,10 @@ class Forwarder:
             moved = inbox.move_on(found, place, reason)
         except (OSError, ConsumerError) as e:
             why = str(e) if isinstance(e, ConsumerError) else (e.strerror or str(e))
-            self.say(f"{shown(found.claimed or found.path)}: {place}, but not moved to {place}/: {why}")
+            self.say(
+                f"{shown(found.claimed or found.path)}: {place}, but not moved to {place}/: {why}; "
+                "it will be sent again when navi forward starts again"
+            )
             return
         finally:
             if temporary and inbox is not None:

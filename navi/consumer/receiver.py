@@ -115,7 +115,7 @@ def post(target: Target, headers: dict[str, str], body: bytes, timeout: float) -
     else:
         conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
     try:
-        conn.request("POST", target.path, body, {**headers, "User-Agent": f"navi/{__version__}"})
+        conn.request("POST", target.path, body, {"User-Agent": f"navi/{__version__}", **headers})
         response = conn.getresponse()
         data = response.read(BODY_READ)
         reason = response.reason.strip()

@@ -115,7 +115,8 @@ def test_the_rules_hold_whatever_happens(limit: int, ops: list[tuple[str, int, f
             sending.discard(d)
             if isinstance(verdict, Retry):
                 due[d] = now + verdict.delay
-                paused_until = max(paused_until, now + verdict.receiver_wait)
+                if verdict.receiver_wait > 0:
+                    paused_until = max(paused_until, now + verdict.receiver_wait)
             else:
                 del due[d]
         elif op == "drop" and d not in sending:
