@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from bench import fakestream, latency, supervised
+from bench import fakestream, forward, latency, supervised
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = RESULTS.parents[1]
@@ -194,6 +194,10 @@ def measure_all(quick: bool, old: Optional[fakestream.Listener]) -> None:
         f"the last {b['seconds_to_last']:.2f} s after; events discarded by supervisord: "
         f"{b['events_discarded']}"
     )
+
+    # The polling side: navi forward beside navi watch --ack.
+    results["forward"], forward_lines = forward.measure(quick)
+    lines += forward_lines
 
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)

@@ -21,6 +21,10 @@ COMMANDS = {
     "show": ("navi.consumer.cli", "show one notification"),
     "watch": ("navi.consumer.cli", "follow directories (globs: many containers at once) and print each new one"),
     "ack": ("navi.consumer.cli", "claim notifications, so that no other consumer takes them"),
+    "forward": (
+        "navi.consumer.cli",
+        "deliver each notification to a receiver as a CloudEvent over HTTP, at least once",
+    ),
     "schema": ("navi.consumer.cli", "print the JSON Schema of the notification files"),
     "fake": ("navi.fake.cli", "drive a listener as supervisord does, without supervisord (for tests); record"),
     "demo": ("navi.demo.tour", "show Navi at work under real supervisord, in a temporary /mnt"),

@@ -16,6 +16,16 @@ MAX_SIZE = 1 << 20
 STATE_FILE = ".navi-state.json"
 MAX_STATE_SIZE = 16 << 20
 
+# The consumers' own directories, inside a notifications directory: dot-names,
+# so Navi and every reader leave them alone, and always on the same
+# filesystem, as rename() needs.
+CLAIM_DIR = ".claimed"  # what `navi ack` and `navi watch --ack` claimed: acknowledged
+FORWARD_DIR = ".forward"  # what `navi forward` claimed: at its top, not delivered yet
+# Subdirectories of a claim directory, for what is set aside or done with.
+QUARANTINE = "quarantine"  # entries that are not notifications, each with a .reason
+DELIVERED = "delivered"  # `navi forward`: a receiver acknowledged them (2xx)
+REJECTED = "rejected"  # `navi forward`: a receiver refused them (4xx), each with a .reason
+
 _NOTIFICATION = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)-(\d{12})(?:_(\d+))?(?:\.(\d+))?\.json$")
 _TEMP = re.compile(r"^\..+\.json\.(?P<pid>\d+)\.\d+\.tmp$")
 
@@ -87,10 +97,11 @@ def claim_names(name: str, tries: int = 8) -> list[str]:
     return [name] + [f"{stem}~{n}.json" for n in range(1, tries)]
 
 
-def reason_name(quarantined: str) -> str:
-    """Where the reason for a quarantined entry goes, beside it.  Only
-    ``*.json`` names are ever quarantined, so this never names one."""
-    return f"{quarantined}.reason"
+def reason_name(set_aside: str) -> str:
+    """Where the reason for an entry set aside (quarantined, rejected) goes,
+    beside it.  Only ``*.json`` names are ever set aside, so this never
+    names one."""
+    return f"{set_aside}.reason"
 
 
 def original_name(when: datetime) -> str:

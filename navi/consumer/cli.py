@@ -1,5 +1,6 @@
-"""``navi ls``, ``navi show``, ``navi watch``, ``navi ack``, ``navi schema``:
-the polling side's commands (their arguments and their output)."""
+"""``navi ls``, ``navi show``, ``navi watch``, ``navi ack``, ``navi forward``,
+``navi schema``: the polling side's commands (their arguments and their
+output)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import signal
 import sys
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Callable, Optional
 
 from navi import __version__
 from navi.consumer.entries import shown
-from navi.consumer.inbox import ConsumerError, EntryResult, Found, Inbox, Pending
+from navi.consumer.inbox import ConsumerError, EntryResult, Found, Inbox, Pending, Problem
+from navi.consumer.metrics import Metrics, MetricsError
 from navi.consumer.schema import schema_text
-from navi.consumer.watch import Notice, Watch
+from navi.consumer.watch import Item, Notice, Watch
 from navi.notification import Notification
 
 DEFAULT_DIR = "/mnt/notifications"
@@ -81,13 +83,6 @@ def _parser() -> argparse.ArgumentParser:
         "seconds, so that new containers are picked up. Ends cleanly on SIGINT or SIGTERM.",
     )
     watch.add_argument(
-        "globs",
-        nargs="*",
-        metavar="GLOB",
-        default=[DEFAULT_DIR],
-        help=f"notification directories or globs (default: {DEFAULT_DIR})",
-    )
-    watch.add_argument(
         "--json", action="store_true", help="one JSON line per notification: {dir, file, claimed, notification}"
     )
     watch.add_argument(
@@ -104,21 +99,74 @@ def _parser() -> argparse.ArgumentParser:
         default=KEEP_DAYS,
         help="with --ack, remove claimed and quarantined files after DAYS (inf: never; default: %(default)g)",
     )
-    watch.add_argument("--poll", action="store_true", help="poll even where inotify works")
-    watch.add_argument(
-        "--interval",
+    _following(watch)
+
+    forward = commands.add_parser(
+        "forward",
+        help="deliver each notification to a receiver as a CloudEvent over HTTP, at least once",
+        description="Follow the directories (globs, as watch does) and POST each notification to the receiver "
+        "as a CloudEvent 1.0, oldest first per directory. A notification is claimed into .forward/ when its "
+        "directory's turn comes, moved to .forward/delivered/ at a 2xx, and set aside in .forward/rejected/ "
+        "with the reason at a 4xx (but 408 and 429); anything else is retried with backoff, honouring "
+        "Retry-After. Killed and started again, it sends first what it had not delivered. Ends cleanly on "
+        "SIGINT or SIGTERM.",
+    )
+    forward.add_argument("--to", required=True, metavar="URL", help="the receiver: an http:// or https:// URL")
+    forward.add_argument(
+        "--binary",
+        action="store_true",
+        help="binary content mode: the attributes in ce- headers, the notification as the body "
+        "(default: structured mode, application/cloudevents+json)",
+    )
+    forward.add_argument(
+        "--headers",
+        metavar="FILE",
+        help="'Name: value' lines to send with each request, such as an Authorization token: read from the "
+        "file, so that the token shows neither in ps nor in the log",
+    )
+    forward.add_argument(
+        "--concurrency",
+        metavar="N",
+        type=_count,
+        default=8,
+        help="requests in flight at most, one per directory (default: %(default)s)",
+    )
+    forward.add_argument(
+        "--timeout",
         metavar="SECONDS",
         type=_seconds,
-        default=2.0,
-        help="how often to poll, where polling (default: %(default)g)",
+        default=10.0,
+        help="how long to wait to connect, and for each part of the answer, before retrying (default: %(default)g)",
     )
-    watch.add_argument(
-        "--rescan",
+    forward.add_argument(
+        "--max-backoff",
         metavar="SECONDS",
         type=_seconds,
-        default=5.0,
-        help="how often to expand the globs again (default: %(default)g)",
+        default=60.0,
+        help="the longest wait between two attempts at a notification, but for a longer Retry-After "
+        "(default: %(default)g)",
     )
+    forward.add_argument(
+        "--source",
+        metavar="TEMPLATE",
+        default="{dir}",
+        help="the CloudEvent's source, from the directory: {dir} is its path, {parts[N]} its N-th component "
+        "from 0, such as urn:example:container:{parts[5]} (default: %(default)s)",
+    )
+    forward.add_argument(
+        "--dataschema",
+        metavar="URI",
+        default=None,
+        help="the CloudEvent's dataschema: where the platform publishes the schema (default: a URN naming it)",
+    )
+    forward.add_argument(
+        "--keep",
+        metavar="DAYS",
+        type=float,
+        default=KEEP_DAYS,
+        help="remove delivered, rejected and quarantined files after DAYS (inf: never; default: %(default)g)",
+    )
+    _following(forward)
 
     ack = commands.add_parser(
         "ack",
@@ -149,9 +197,53 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 1000:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number from 1 to 1000")
+    return int(value)
+
+
+def _following(command: argparse.ArgumentParser) -> None:
+    """The directories to follow, how, and the metrics."""
+    command.add_argument(
+        "globs",
+        nargs="*",
+        metavar="GLOB",
+        default=[DEFAULT_DIR],
+        help=f"notification directories or globs (default: {DEFAULT_DIR})",
+    )
+    command.add_argument("--poll", action="store_true", help="poll even where inotify works")
+    command.add_argument(
+        "--interval",
+        metavar="SECONDS",
+        type=_seconds,
+        default=2.0,
+        help="how often to poll, where polling (default: %(default)g)",
+    )
+    command.add_argument(
+        "--rescan",
+        metavar="SECONDS",
+        type=_seconds,
+        default=5.0,
+        help="how often to expand the globs again (default: %(default)g)",
+    )
+    command.add_argument(
+        "--metrics",
+        metavar="ADDR",
+        help="serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, or :PORT for every interface)",
+    )
+    command.add_argument(
+        "--metrics-by-program",
+        action="store_true",
+        help="count notifications by program too (a label value per program name: mind the cardinality)",
+    )
+
+
 def main(argv: list[str], protocol_fd: Optional[int] = None) -> int:
     args = _parser().parse_args(argv)
-    command = {"ls": _ls, "show": _show, "watch": _watch, "ack": _ack, "schema": _schema}[args.command]
+    command = {"ls": _ls, "show": _show, "watch": _watch, "ack": _ack, "forward": _forward, "schema": _schema}[
+        args.command
+    ]
     try:
         return command(args)
     except BrokenPipeError:
@@ -433,8 +525,29 @@ def _as_claimed(item: Found, origin: str) -> Found:
 # navi watch
 
 
-def _watch(args: argparse.Namespace) -> int:
+def _metrics(args: argparse.Namespace, forwarding: bool) -> tuple[Optional[Metrics], Callable[[], None]]:
+    """The metrics, served when --metrics asks (MetricsError: it cannot be)."""
+    if args.metrics is None:
+        return None, lambda: None
+    metrics = Metrics(forwarding, args.metrics_by_program)
+    url, stop = metrics.serve(args.metrics)
+    _say(f"metrics at {url}")
+    return metrics, stop
 
+
+def _watch(args: argparse.Namespace) -> int:
+    try:
+        metrics, stop_metrics = _metrics(args, forwarding=False)
+    except MetricsError as e:
+        _say(str(e))
+        return 2
+    try:
+        return _follow(args, metrics)
+    finally:
+        stop_metrics()
+
+
+def _follow(args: argparse.Namespace, metrics: Optional[Metrics]) -> int:
     follow = Watch(
         args.globs,
         claim=args.ack,
@@ -448,6 +561,8 @@ def _watch(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: follow.stop())
     with follow:
         for item in follow.items():
+            if metrics is not None:
+                _count_item(metrics, item, follow)
             if isinstance(item, Notice):
                 _say(item.text)
             elif isinstance(item, Found):
@@ -464,6 +579,73 @@ def _watch(args: argparse.Namespace) -> int:
                     return 1
             else:
                 _say(item.line())
+    return 0
+
+
+def _count_item(metrics: Metrics, item: Item, follow: Watch) -> None:
+    if isinstance(item, Found):
+        metrics.took(item.notification)
+    elif isinstance(item, Problem):
+        metrics.problems.inc()
+    elif item.started or item.stopped:
+        metrics.directories.set(len(follow.directories))
+
+
+# navi forward
+
+
+def _forward(args: argparse.Namespace) -> int:
+    try:
+        from navi.consumer import forward
+        from navi.consumer.cloudevent import DATASCHEMA, EventError, SourceTemplate
+        from navi.consumer.receiver import ReceiverError, Target, headers_file
+        from navi.consumer.retry import Backoff
+    except ModuleNotFoundError as e:
+        _say(
+            f"forward: needs {e.name}, which is not installed here: pip install 'navi[consumer]' "
+            "(the cloudevents SDK it needs wants Python 3.10 or newer)"
+        )
+        return 2
+    try:
+        target = Target.of(args.to)
+        source = SourceTemplate(args.source)
+        headers = headers_file(args.headers) if args.headers else {}
+    except (ReceiverError, EventError) as e:
+        _say(str(e))
+        return 2
+    settings = forward.Settings(
+        patterns=args.globs,
+        target=target,
+        headers=headers,
+        binary=args.binary,
+        limit=args.concurrency,
+        timeout=args.timeout,
+        source=source,
+        dataschema=args.dataschema or DATASCHEMA,
+        backoff=Backoff(cap=args.max_backoff),
+        keep=args.keep * 86400,
+        use_inotify=False if args.poll else None,
+        interval=args.interval,
+        rescan=args.rescan,
+    )
+    try:
+        metrics, stop_metrics = _metrics(args, forwarding=True)
+    except MetricsError as e:
+        _say(str(e))
+        return 2
+    forwarder = forward.Forwarder(settings, metrics)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: forwarder.stop())
+    mode = "binary" if args.binary else "structured"
+    _say(
+        f"forwarding to {target.shown()} ({mode} mode, {args.concurrency} at once, timeout {args.timeout:g} s"
+        + (f", {len(headers)} header(s) from {args.headers})" if headers else ")")
+    )
+    try:
+        forwarder.run()
+    finally:
+        forwarder.close()
+        stop_metrics()
     return 0
 
 

@@ -16,7 +16,10 @@ Reading changes nothing.  Claiming a notification moves it, with one
 ``rename``, into a directory this consumer owns (Maildir's new -> cur): of
 several consumers, exactly one wins each file, and the application cannot
 touch it there.  A claimed entry that is not a notification is moved on into
-``quarantine/`` in that directory, with a ``.reason`` file beside it.
+``quarantine/`` in that directory, with a ``.reason`` file beside it.  A
+consumer that is done with a claimed notification only later (``navi
+forward``, once a receiver took it) moves it on likewise (``move_on``), and
+finds what it had not finished at the top of the claim directory (``held``).
 
 Example::
 
@@ -47,11 +50,8 @@ from navi import names
 from navi.consumer import entries as core
 from navi.consumer.entries import Accept, Entry, Ignore, Open, Wait, kind_of, shown
 from navi.fdio import write_all
-from navi.names import MAX_SIZE
+from navi.names import CLAIM_DIR, MAX_SIZE, QUARANTINE
 from navi.notification import Notification
-
-CLAIM_DIR = ".claimed"  # default, inside the notifications directory: always the same filesystem
-QUARANTINE = "quarantine"
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -192,13 +192,19 @@ class Inbox:
         except OSError as e:
             raise ConsumerError(f"{shown(directory)}: {_dir_problem(e)}") from None
         self._claim_fd: Optional[int] = None
-        self._quarantine_fd: Optional[int] = None
+        self._places: dict[str, int] = {}  # subdirectories of the claim directory, held open
 
     def close(self) -> None:
-        for fd in (self._quarantine_fd, self._claim_fd, self._fd):
+        self._close_places()
+        for fd in (self._claim_fd, self._fd):
             if fd is not None:
                 os.close(fd)
-        self._quarantine_fd = self._claim_fd = None
+        self._claim_fd = None
+
+    def _close_places(self) -> None:
+        for fd in self._places.values():
+            os.close(fd)
+        self._places.clear()
 
     def __enter__(self) -> Inbox:
         return self
@@ -293,7 +299,10 @@ class Inbox:
         _sync(self._fd)
         if isinstance(seen, core.Reject):
             return self._quarantine(name, claimed, seen.reason)
-        verdict = _read(claim_fd, claimed)
+        return self._read_claimed(name, claimed)
+
+    def _read_claimed(self, name: str, claimed: str) -> Union[Found, Problem]:
+        verdict = _read(self._claim_directory(), claimed)
         if isinstance(verdict, Accept):
             return Found(
                 self.directory, name, verdict.notification, verdict.document, os.path.join(self.claim_dir, claimed)
@@ -319,28 +328,53 @@ class Inbox:
         _sync(self._fd)
         return True
 
+    def held(self) -> Iterator[Union[Found, Problem]]:
+        """What was claimed into the claim directory and not moved on, in
+        order, read there (a consumer that moves each notification on when
+        done with it finds here what it had not finished, say when it was
+        killed).  Nothing when there is no claim directory yet."""
+        if not _exists(self._fd if self._claim_relative else None, self._claim_relative or self.claim_dir):
+            return
+        with os.scandir(self._claim_directory()) as entries:
+            listed = [e.name for e in entries if names.skipped(e.name) is None]
+        for claimed in names.in_order(listed):  # quarantine/ and the like are no *.json names
+            yield self._read_claimed(claimed, claimed)
+
+    def move_on(self, found: Found, place: str, reason: Optional[str] = None) -> str:
+        """Move a claimed notification out of the claim directory into its
+        subdirectory ``place`` (``names.DELIVERED``, ``names.REJECTED``),
+        with ``reason`` in a file beside it when given; returns where it is
+        now.  OSError or ConsumerError: it stayed where it was."""
+        if found.claimed is None:
+            raise ValueError("only a claimed notification is moved on")
+        return self._set_aside(os.path.basename(found.claimed), place, reason, found.name)
+
     def _quarantine(self, name: str, claimed: str, reason: str) -> Problem:
-        claim_fd = self._claim_directory()
         try:
-            quarantine_fd = self._quarantine_directory()
-            moved = _move(claim_fd, claimed, quarantine_fd)
+            moved = self._set_aside(claimed, QUARANTINE, reason, name)
         except (OSError, ConsumerError) as e:
             why = str(e) if isinstance(e, ConsumerError) else _why(e)
             where = os.path.join(self.claim_dir, claimed)
             return Problem(self.directory, name, f"{reason} (left in {shown(where)}: cannot quarantine: {why})")
-        origin = os.path.join(os.path.abspath(self.directory), name)
-        _write_reason(quarantine_fd, names.reason_name(moved), f"{reason}\nfrom {origin}\n")
-        _sync(quarantine_fd)
-        return Problem(self.directory, name, reason, os.path.join(self.claim_dir, QUARANTINE, moved))
+        return Problem(self.directory, name, reason, moved)
+
+    def _set_aside(self, claimed: str, place: str, reason: Optional[str], name: str) -> str:
+        place_fd = self._place(place)
+        moved = _move(self._claim_directory(), claimed, place_fd)
+        if reason is not None:
+            origin = os.path.join(os.path.abspath(self.directory), name)
+            _write_reason(place_fd, names.reason_name(moved), f"{reason}\nfrom {origin}\n")
+        _sync(place_fd)
+        _sync(self._claim_directory())
+        return os.path.join(self.claim_dir, place, moved)
 
     def _claim_directory(self) -> int:
         if self._claim_fd is not None and not self._still_claim_directory():
             # Moved away or removed (the application can do either: it may
             # write in the directory above): make or find the one at the path.
-            if self._quarantine_fd is not None:
-                os.close(self._quarantine_fd)
+            self._close_places()
             os.close(self._claim_fd)
-            self._claim_fd = self._quarantine_fd = None
+            self._claim_fd = None
         if self._claim_fd is None:
             parent = self._fd if self._claim_relative is not None else None
             self._claim_fd = _own_directory(parent, self._claim_relative or self.claim_dir, self.claim_dir)
@@ -365,21 +399,27 @@ class Inbox:
         held = os.fstat(self._claim_fd)
         return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino) and held.st_nlink > 0
 
-    def _quarantine_directory(self) -> int:
-        if self._quarantine_fd is None:
-            path = os.path.join(self.claim_dir, QUARANTINE)
-            self._quarantine_fd = _own_directory(self._claim_directory(), QUARANTINE, path)
-        return self._quarantine_fd
+    def _place(self, place: str) -> int:
+        """The subdirectory ``place`` of the claim directory, held open."""
+        claim_fd = self._claim_directory()
+        if place not in self._places:
+            self._places[place] = _own_directory(claim_fd, place, os.path.join(self.claim_dir, place))
+        return self._places[place]
 
-    def prune(self, keep: float) -> int:
-        """Remove what was claimed or quarantined more than ``keep`` seconds
-        ago (they use the application's volume).  Returns how many."""
+    def prune(self, keep: float, held: bool = True) -> int:
+        """Remove what was claimed, quarantined, delivered or rejected more
+        than ``keep`` seconds ago (they use the application's volume).
+        ``held``: also what is still at the top of the claim directory (not
+        for a consumer that has yet to finish those).  Returns how many."""
         if not _exists(self._fd if self._claim_relative else None, self._claim_relative or self.claim_dir):
             return 0
         cutoff = time.time() - keep
-        removed = _prune(self._claim_directory(), cutoff, lambda name: name.endswith(".json"))
-        if _exists(self._claim_directory(), QUARANTINE):
-            removed += _prune(self._quarantine_directory(), cutoff, lambda name: True)
+        removed = 0
+        if held:
+            removed += _prune(self._claim_directory(), cutoff, lambda name: name.endswith(".json"))
+        for place in (QUARANTINE, names.DELIVERED, names.REJECTED):
+            if _exists(self._claim_directory(), place):
+                removed += _prune(self._place(place), cutoff, lambda name: True)
         return removed
 
 

@@ -9,7 +9,14 @@ otherwise.  Idle, it sleeps in ``poll()``: no busy loop.
 Without ``claim``, files are only read: each notification is given once
 while it stays in its directory.  With ``claim``, each is claimed first and
 given only if this watcher won it, so several watchers (or a restarted one)
-never give the same file twice.
+never give the same file twice.  With a ``gate`` too, a directory's next
+entry is claimed only when the gate lets it (``navi forward`` takes one at a
+time per directory, and leaves the rest waiting where Navi counts them).
+
+``items()`` is the whole loop.  A caller that has other work to interleave
+(answers from other threads, its own timers) runs its parts itself:
+``start()``, then ``look()`` and ``wait()`` in turn, with ``wake()`` from
+another thread to cut a wait short.
 """
 
 from __future__ import annotations
@@ -22,13 +29,14 @@ import select
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Union, cast
+from typing import Callable, Optional, Protocol, Union, cast
 
 import inotify_simple  # type: ignore[import-untyped]
 
 from navi import names
 from navi.consumer.entries import shown
-from navi.consumer.inbox import CLAIM_DIR, ConsumerError, Found, Inbox, Pending, Problem
+from navi.consumer.inbox import ConsumerError, Found, Inbox, Pending, Problem
+from navi.names import CLAIM_DIR
 
 RETRY = 0.25  # seconds until a publication in progress is looked at again
 PRUNE_EVERY = 3600.0
@@ -91,6 +99,8 @@ class Notice:
     refused, inotify unavailable), in one line."""
 
     text: str
+    started: Optional[str] = None  # the directory now watched, when that is the news
+    stopped: Optional[str] = None  # the directory no longer watched, likewise
 
 
 Item = Union[Found, Problem, Notice]
@@ -101,6 +111,7 @@ class _Watched:
     inbox: Inbox
     wd: Optional[int]  # None: polled
     dirty: bool = True
+    gated: bool = False  # the gate stopped it: wait for resume()
     retry_at: Optional[float] = None
     blocked_until: float = 0.0  # its claim directory is unusable until then
     pruned_at: float = float("-inf")
@@ -119,13 +130,20 @@ class Watch:
         use_inotify: Optional[bool] = None,
         interval: float = 2.0,
         rescan: float = 5.0,
+        gate: Optional[Callable[[str], bool]] = None,
     ) -> None:
         """``keep``: with ``claim``, remove claimed and quarantined files
         older than this many seconds (None: never).  ``use_inotify``: None
         for where it works, False to poll every ``interval`` seconds.
-        ``rescan``: how often the patterns are expanded again."""
+        ``rescan``: how often the patterns are expanded again.  ``gate``:
+        with ``claim``, asked with the directory before each claim; when it
+        says no, the directory's entries wait until :meth:`resume`.  With a
+        gate, the caller moves each claimed notification on when done with
+        it (``Inbox.move_on``): what is still at the top of the claim
+        directory is unfinished, and never pruned."""
         self.patterns = list(patterns)
         self.claim = claim
+        self.gate = gate
         self.claim_dir = claim_dir
         self.keep = keep
         self.interval = interval
@@ -149,8 +167,34 @@ class Watch:
     def stop(self) -> None:
         """End :meth:`items` soon; safe from a signal handler or a thread."""
         self._stopped = True
+        self.wake()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def wake(self) -> None:
+        """End the current :meth:`wait` now; safe from a signal handler or a thread."""
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
+
+    def resume(self, directory: str) -> None:
+        """Look at ``directory`` again at the next :meth:`look`, after the
+        gate stopped it."""
+        w = self._watched.get(directory)
+        if w is not None:
+            w.gated = False
+            w.dirty = True
+
+    @property
+    def directories(self) -> list[str]:
+        """The directories watched now."""
+        return list(self._watched)
+
+    def inbox(self, directory: str) -> Optional[Inbox]:
+        """The open :class:`Inbox` of a watched directory (None: not watched)."""
+        w = self._watched.get(directory)
+        return None if w is None else w.inbox
 
     def close(self) -> None:
         for path in list(self._watched):
@@ -161,6 +205,9 @@ class Watch:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        # A late wake() (a thread still finishing) must not write into a
+        # file that reuses the number.
+        self._wake_r = self._wake_w = -1
 
     def __enter__(self) -> Watch:
         return self
@@ -178,33 +225,49 @@ class Watch:
     def items(self) -> Iterator[Item]:
         """Notifications (and problems, and notices) as they come, until
         :meth:`stop`."""
+        yield from self.start()
+        while not self._stopped:
+            yield from self.look()
+            if not self._stopped:
+                self.wait()
+
+    def start(self) -> Iterator[Notice]:
+        """Set up inotify, where it works (before the first :meth:`look`)."""
         if self._use_inotify is not False:
             try:
                 self._inotify = open_inotify()
             except InotifyUnavailable as e:
                 yield Notice(f"{e}: polling every {self.interval:g} s instead")
-        while not self._stopped:
-            now = time.monotonic()
-            if now >= self._next_glob:
-                self._next_glob = now + self.rescan
-                yield from self._refresh()
-            if now >= self._next_poll:
-                self._next_poll = now + self.interval
-                for w in self._watched.values():
-                    w.dirty = w.dirty or w.wd is None
-            for w in list(self._watched.values()):
-                due = w.dirty or (w.retry_at is not None and w.retry_at <= now)
-                if due and w.blocked_until <= now:
-                    yield from self._process(w, now)
-                if self._stopped:
-                    return
-            self._wait()
 
-    def _wait(self) -> None:
+    def look(self) -> Iterator[Item]:
+        """One round: the patterns expanded again when due, then what is new
+        in every directory that may have changed."""
+        now = time.monotonic()
+        if now >= self._next_glob:
+            self._next_glob = now + self.rescan
+            yield from self._refresh()
+        if now >= self._next_poll:
+            self._next_poll = now + self.interval
+            for w in self._watched.values():
+                w.dirty = w.dirty or w.wd is None
+        for w in list(self._watched.values()):
+            due = w.dirty or (w.retry_at is not None and w.retry_at <= now)
+            if due and w.blocked_until <= now:
+                yield from self._process(w, now)
+            if self._stopped:
+                return
+
+    def wait(self, until: Optional[float] = None) -> None:
+        """Sleep until something may have changed, the next rescan or poll,
+        ``until`` (a ``time.monotonic()``), or :meth:`wake`."""
         now = time.monotonic()
         wake = [self._next_glob] + [w.retry_at for w in self._watched.values() if w.retry_at is not None]
-        if any(w.wd is None for w in self._watched.values()):
+        if any(w.wd is None and not w.gated for w in self._watched.values()):
             wake.append(self._next_poll)
+        if until is not None:
+            wake.append(until)
+        if any(w.dirty and w.blocked_until <= now for w in self._watched.values()):
+            wake.append(now)  # resumed since the last look: no sleep
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         if self._inotify is not None:
@@ -231,7 +294,7 @@ class Watch:
                     self._by_wd.pop(event.wd, None)
                     watched.wd = None
                 self._next_glob = now  # find out at once what became of it
-            elif event.name and names.skipped(event.name) is None:
+            elif event.name and names.skipped(event.name) is None and not watched.gated:
                 watched.dirty = True
 
     def _refresh(self) -> Iterator[Notice]:
@@ -248,7 +311,7 @@ class Watch:
             w = self._watched[path]
             if path not in paths or not w.inbox.still_there():
                 self._drop(path)
-                yield Notice(f"stopped watching {shown(path)}: it is gone or was replaced")
+                yield Notice(f"stopped watching {shown(path)}: it is gone or was replaced", stopped=path)
         for path in paths:
             if path not in self._watched:
                 yield from self._add(path)
@@ -276,7 +339,7 @@ class Watch:
         if wd is not None:
             self._by_wd[wd] = w
         how = "inotify" if wd is not None else f"polling every {self.interval:g} s"
-        yield Notice(f"watching {shown(path)} ({how})")
+        yield Notice(f"watching {shown(path)} ({how})", started=path)
 
     def _drop(self, path: str) -> None:
         w = self._watched.pop(path)
@@ -292,10 +355,18 @@ class Watch:
             self._said[key] = text
             yield Notice(text)
 
+    def _closed_by_gate(self, w: _Watched) -> bool:
+        if self.claim and self.gate is not None and not self.gate(w.inbox.directory):
+            w.gated = True
+            return True
+        return False
+
     def _process(self, w: _Watched, now: float) -> Iterator[Union[Found, Problem, Notice]]:
         """Give every entry of one directory not given yet, in order."""
         w.dirty = False
         w.retry_at = None
+        if self._closed_by_gate(w):
+            return
         try:
             names = w.inbox.names()
         except OSError as e:
@@ -316,6 +387,8 @@ class Watch:
             state = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink)
             if w.noted.get(name) == state:
                 continue
+            if self._closed_by_gate(w):
+                return
             try:
                 result = w.inbox.claim(name) if self.claim else w.inbox.look(name)
             except ConsumerError as e:
@@ -325,6 +398,8 @@ class Watch:
                 return
             if isinstance(result, Pending):
                 w.retry_at = now + RETRY
+                if self.gate is not None:
+                    return  # one at a time, in order: nothing after it before it
             elif isinstance(result, Found):
                 if not self.claim:
                     w.delivered.add(name)
@@ -336,4 +411,4 @@ class Watch:
         if self.claim and self.keep is not None and now - w.pruned_at >= PRUNE_EVERY:
             w.pruned_at = now
             with contextlib.suppress(OSError, ConsumerError):
-                w.inbox.prune(self.keep)
+                w.inbox.prune(self.keep, held=self.gate is None)

@@ -220,6 +220,32 @@ def test_release_puts_a_claimed_notification_back(tmp_path: Path) -> None:
         assert [f.name for f in inbox.scan() if isinstance(f, Found)] == [name_of(1)]
 
 
+def test_what_was_claimed_and_not_moved_on_is_held_in_order_and_moved_on_with_its_reason(tmp_path: Path) -> None:
+    publish(tmp_path, 3, 1, 2)
+    with Inbox(str(tmp_path), ".forward") as inbox:
+        assert list(inbox.held()) == []  # no claim directory yet
+        claimed = [inbox.claim(name_of(s)) for s in (1, 2, 3)]
+        assert all(isinstance(f, Found) for f in claimed)
+        (tmp_path / ".forward" / "planted.json").symlink_to(PASSWD)  # as if killed between claim and quarantine
+        held = list(inbox.held())
+        assert [f.notification for f in held if isinstance(f, Found)] == [sample(1), sample(2), sample(3)]
+        assert [(p.name, p.quarantined) for p in held if isinstance(p, Problem)] == [
+            ("planted.json", str(tmp_path / ".forward" / "quarantine" / "planted.json"))
+        ]
+        first, second = held[0], held[1]
+        assert isinstance(first, Found) and isinstance(second, Found)
+        assert inbox.move_on(first, "delivered") == str(tmp_path / ".forward" / "delivered" / name_of(1))
+        assert inbox.move_on(second, "rejected", "the receiver answered 400") == str(
+            tmp_path / ".forward" / "rejected" / name_of(2)
+        )
+        assert [f.name for f in inbox.held()] == [name_of(3)]
+        # delivered, rejected and quarantined (with their reasons) go; what is held stays
+        assert inbox.prune(0, held=False) == 5
+    assert (tmp_path / ".forward" / name_of(3)).is_file()
+    assert sorted(os.listdir(tmp_path / ".forward")) == sorted([name_of(3), "delivered", "rejected", "quarantine"])
+    assert [os.listdir(tmp_path / ".forward" / p) for p in ("delivered", "rejected", "quarantine")] == [[], [], []]
+
+
 @pytest.mark.parametrize("plant", ["symlink", "group-writable", "another user's"])
 def test_a_claim_directory_the_application_planted_is_refused(tmp_path: Path, plant: str) -> None:
     d, elsewhere = tmp_path / "notifications", tmp_path / "elsewhere"

@@ -11,12 +11,15 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from navi.consumer.inbox import Problem
+from navi.consumer.inbox import Found, Problem
 from navi.consumer.watch import Notice, Watch
 from navi.demo.sandbox import program
 from tests.helpers import WAIT, Collector, count, inotify_works, name_of, publish, sample, triggered
@@ -121,6 +124,54 @@ def test_claiming_watchers_side_by_side_give_each_notification_once(
     assert sorted(os.listdir(d / ".claimed")) == sorted(name_of(s) for s in serials)
 
 
+@pytest.mark.parametrize("use_inotify", MODES)
+def test_with_a_gate_each_directory_gives_one_at_a_time_in_order_the_rest_waiting_there(
+    tmp_path: Path, use_inotify: Any
+) -> None:
+    """navi forward's way: a directory's next notification is claimed only
+    once the caller is done with the one before (resume), and the rest stay
+    where Navi counts them."""
+    first, second = tmp_path / "c1", tmp_path / "c2"
+    first.mkdir()
+    second.mkdir()
+    publish(first, 3, 1, 2)
+    publish(second, 5)
+    holding: set[str] = set()
+    taken: list[Found] = []
+    w = watch([str(tmp_path / "c*")], use_inotify, claim=True, claim_dir=".forward", gate=lambda d: d not in holding)
+
+    def look() -> list[Notice]:
+        notices = []
+        for item in w.look():
+            if isinstance(item, Found):
+                holding.add(item.directory)
+                taken.append(item)
+            elif isinstance(item, Notice):
+                notices.append(item)
+        return notices
+
+    with w:
+        list(w.start())
+        notices = look()
+        assert [(n.started, n.stopped) for n in notices] == [(str(first), None), (str(second), None)]
+        assert w.directories == [str(first), str(second)] and w.inbox(str(first)) is not None
+        assert [f.notification for f in taken] == [sample(1), sample(5)]
+        publish(second, 6)
+        w.wait(time.monotonic() + 0.3)
+        look()
+        assert len(taken) == 2  # both gated
+        assert sorted(os.listdir(first)) == [".forward", name_of(2), name_of(3)]
+        holding.discard(str(first))
+        w.resume(str(first))
+        look()
+        assert [f.notification for f in taken[2:]] == [sample(2)]
+        threading.Timer(0.1, w.wake).start()
+        started = time.monotonic()
+        w.wait(started + 10 * WAIT)  # cut short by wake()
+        assert time.monotonic() - started < WAIT
+    assert os.listdir(second / ".forward") == [name_of(5)]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_the_command_prints_json_lines_and_ends_cleanly_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
     d = tmp_path / "app1" / "notifications"
@@ -214,6 +265,49 @@ def test_claiming_what_the_real_listener_writes(sandbox: SandboxFactory, collect
         if "ERROR" in line and not line.endswith("OOM kills will be reported as crashes")
     ]
     assert errors == []
+
+
+def test_watch_serves_its_counts_as_prometheus_metrics(tmp_path: Path) -> None:
+    first, second = tmp_path / "c1", tmp_path / "c2"
+    first.mkdir()
+    second.mkdir()
+    publish(first, 1, 2)
+    publish(second, 3)
+    os.mkfifo(second / "planted.json")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "navi", "watch", "--json", "--ack", "--metrics", "127.0.0.1:0", str(tmp_path / "c*")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        url = proc.stderr.readline().split(" at ", 1)[1].strip()
+        assert sorted(json.loads(proc.stdout.readline())["notification"]["id"] for _ in range(3)) == [
+            sample(s).id for s in (1, 2, 3)
+        ]
+        said = ""
+        while "quarantined" not in said:  # the FIFO, after the notifications
+            said = proc.stderr.readline()
+            assert said, "stderr ended"
+        with urllib.request.urlopen(url, timeout=WAIT) as response:
+            text = response.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    samples = {
+        (s.name, tuple(s.labels.values())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("navi_notifications_total", ("crash",))] == 3
+    assert samples[("navi_notifications_total", ("oom",))] == 0
+    assert samples[("navi_problems_total", ())] == 1  # the FIFO, quarantined
+    assert samples[("navi_directories_watched", ())] == 2
+    assert not any(name.startswith(("navi_deliveries", "navi_retries")) for name, _ in samples)
 
 
 def test_a_notification_that_cannot_be_printed_is_put_back(tmp_path: Path) -> None:

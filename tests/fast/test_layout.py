@@ -1,13 +1,15 @@
 """The wings' rules, read from the imports of every module (at any depth:
 a function-local import counts the same).
 
-- ``navi/listener/`` imports nothing from the other wings, nor pydantic:
-  it runs in the customer's memory limit.
+- ``navi/listener/`` imports nothing from the other wings, nor the
+  consumer extra's packages (pydantic, inotify_simple, prometheus_client,
+  cloudevents): it runs in the customer's memory limit.
 - The other wings use the listener only through ``navi.listener`` itself
   (what its ``__init__`` exports), never its modules.
 - The consumer needs nothing of the listener or the fake.
 - What sits at the top (the format, the naming contract, the protocol's
-  words) belongs to no wing and imports none.
+  words) belongs to no wing and imports none, nor the consumer extra's
+  packages.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Optional
 
 NAVI = Path(__file__).resolve().parents[2] / "navi"
 WINGS = ("listener", "consumer", "fake", "demo")
+# The consumer extra's packages: never in the listener, nor in the shared top.
+CONSUMER_ONLY = ("pydantic", "inotify_simple", "prometheus_client", "cloudevents")
 
 
 def imports(path: Path) -> list[str]:
@@ -57,8 +61,10 @@ def broken_rules(path: Path) -> list[str]:
     for name in imports(path):
         top = name.split(".")[0]
         other = wing_of(name)
-        if own == "listener" and (top == "pydantic" or other not in (None, "listener")):
-            problems.append(f"{module} imports {name}: the listener imports no other wing, nor pydantic")
+        if own in ("listener", None) and module != "navi.cli" and top in CONSUMER_ONLY:
+            problems.append(f"{module} imports {name}: only the consumer imports its extra's packages")
+        elif own == "listener" and other not in (None, "listener"):
+            problems.append(f"{module} imports {name}: the listener imports no other wing")
         elif own is None and module != "navi.cli" and other is not None:
             problems.append(f"{module} imports {name}: the shared top imports no wing")
         elif own not in (None, "listener") and other == "listener" and name not in ("navi.listener",):
@@ -78,12 +84,16 @@ def test_a_planted_import_is_caught(tmp_path: Path) -> None:
     """The rule can fail: the same check on a listener module that imports
     the consumer, and pydantic."""
     planted = NAVI / "listener" / "_planted_for_test.py"
-    planted.write_text("import pydantic\n\n\ndef f() -> None:\n    from navi.consumer import inbox  # noqa: F401\n")
+    planted.write_text(
+        "import pydantic\nimport prometheus_client\n\n\ndef f() -> None:\n"
+        "    from navi.consumer import inbox  # noqa: F401\n    from cloudevents.core import base  # noqa: F401\n"
+    )
     try:
         assert broken_rules(planted) == [
-            "navi.listener._planted_for_test imports pydantic: the listener imports no other wing, nor pydantic",
-            "navi.listener._planted_for_test imports navi.consumer.inbox: the listener imports no other wing, "
-            "nor pydantic",
+            "navi.listener._planted_for_test imports pydantic: only the consumer imports its extra's packages",
+            "navi.listener._planted_for_test imports prometheus_client: only the consumer imports its extra's packages",
+            "navi.listener._planted_for_test imports navi.consumer.inbox: the listener imports no other wing",
+            "navi.listener._planted_for_test imports cloudevents.core: only the consumer imports its extra's packages",
         ]
     finally:
         planted.unlink()
@@ -98,8 +108,9 @@ def test_navi_listen_loads_only_the_listener_wing() -> None:
         "shell.listen = lambda settings, fd: 0\n"
         "navi.cli.main(['listen'])\n"
         "wings = sorted({m.split('.')[1] for m in sys.modules if m.startswith('navi.') and m.count('.') >= 2})\n"
-        "print(wings, 'pydantic' in sys.modules)\n"  # on stderr: navi listen keeps stdout for the protocol
+        "print(wings, sorted({m.split('.')[0] for m in sys.modules} & {'pydantic', 'inotify_simple', "
+        "'prometheus_client', 'cloudevents'}))\n"  # on stderr: navi listen keeps stdout for the protocol
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines()[-1] == "['listener'] False", done.stderr
+    assert done.stderr.splitlines()[-1] == "['listener'] []", done.stderr
