@@ -8,14 +8,14 @@ and the program's name is a label only when asked for (``by_program``).
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from navi.consumer.retry import KINDS
 from navi.notification import Kind, Notification
 
-TYPES: tuple[Kind, ...] = ("crash", "oom", "fatal")
+TYPES: tuple[Kind, ...] = get_args(Kind)
 OUTCOMES = ("delivered", "rejected")
 
 

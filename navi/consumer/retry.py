@@ -2,8 +2,11 @@
 the attempts so far, the time and a random number in; a verdict out).
 
 - 2xx: delivered.
-- 4xx but 408 and 429: rejected, with the reason; it is set aside, and the
-  others go on.
+- 401 and 403: the receiver refuses Navi's credentials, not the
+  notification: retried, and all sending paused meanwhile (an expired token
+  must not set every notification of every container aside).
+- Any other 4xx but 408 and 429: rejected, with the reason; it is set aside,
+  and the others go on.
 - 5xx, 408, 429, no answer in time, no connection: retried after a capped
   exponential backoff with jitter, and not before the receiver's
   ``Retry-After`` (seconds, or an HTTP date).
@@ -52,7 +55,8 @@ class Retry:
 
 
 Verdict = Union[Delivered, Rejected, Retry]
-KINDS = ("5xx", "408", "429", "timeout", "connection", "other")
+KINDS = ("5xx", "408", "429", "refused", "timeout", "connection", "other")
+REFUSED = (401, 403)  # the receiver's answer to the credentials
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ def _kind(answer: Answer) -> str:
         return "timeout" if answer.timed_out else "connection"
     if answer.status in (408, 429):
         return str(answer.status)
+    if answer.status in REFUSED:
+        return "refused"
     return "5xx" if 500 <= answer.status <= 599 else "other"
 
 
@@ -104,7 +110,7 @@ def judge(answer: Answer, failures: int, now: datetime, jitter: float, backoff: 
     status = answer.status
     if status is not None and 200 <= status <= 299:
         return Delivered()
-    if status is not None and 400 <= status <= 499 and status not in (408, 429):
+    if status is not None and 400 <= status <= 499 and status not in (408, 429, *REFUSED):
         return Rejected(f"the receiver answered {status}" + (f": {answer.text}" if answer.text else ""))
     delay = backoff.delay(failures + 1, jitter)
     wait = retry_after(answer.retry_after, now) if status is not None else None
@@ -112,6 +118,10 @@ def judge(answer: Answer, failures: int, now: datetime, jitter: float, backoff: 
         why = answer.text or ("no answer in time" if answer.timed_out else "no connection")
     else:
         why = f"the receiver answered {status}" + (f": {answer.text}" if answer.text else "")
+        if status in REFUSED:
+            why += " (it refuses the credentials: see --headers)"
     if wait is not None:
         why += f" (Retry-After: {wait:g} s)"
+    elif status in REFUSED:
+        wait = delay  # nothing else would be let in either: all wait
     return Retry(max(delay, wait or 0.0), _kind(answer), why, wait or 0.0)

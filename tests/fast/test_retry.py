@@ -31,10 +31,20 @@ def test_a_2xx_is_delivered(status: int) -> None:
     assert judge(Answer(status), 3, NOW, 0.5) == Delivered()
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 410, 413, 415, 422, 499])
+@pytest.mark.parametrize("status", [400, 404, 409, 410, 413, 415, 422, 499])
 def test_a_4xx_but_408_and_429_is_a_rejection_with_the_reason(status: int) -> None:
     verdict = judge(Answer(status, "Bad Request; invalid event: no source"), 0, NOW, 0.5)
     assert verdict == Rejected(f"the receiver answered {status}: Bad Request; invalid event: no source")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_are_retried_with_all_sending_paused(status: int) -> None:
+    """An expired token is no fault of the notification's: setting them all
+    aside would leave every container's notifications to be moved back."""
+    verdict = judge(Answer(status, "Unauthorized"), 2, NOW, 0.0)
+    assert isinstance(verdict, Retry) and verdict.kind == "refused"
+    assert verdict.receiver_wait == verdict.delay == Backoff().first * 4 / 2
+    assert verdict.why == f"the receiver answered {status}: Unauthorized (it refuses the credentials: see --headers)"
 
 
 @pytest.mark.parametrize(
