@@ -10,8 +10,8 @@ The files, inside each notifications directory (names in ``navi.names``):
   caps, until its directory's turn: then it is claimed (renamed) into
   ``.forward/``, read there, and sent;
 - at a 2xx it moves on to ``.forward/delivered/``;
-- at a 4xx (but 408 and 429) to ``.forward/rejected/``, with a ``.reason``
-  file beside it;
+- at a 4xx (but 408, 429, and 401 and 403, which refuse the credentials)
+  to ``.forward/rejected/``, with a ``.reason`` file beside it;
 - otherwise it stays in ``.forward/`` until it is delivered.  A forwarder
   killed at any moment finds it there when started again, and sends it
   first: at least once, with the same CloudEvent ``id``.
