@@ -107,15 +107,24 @@ def measure_all(quick: bool, old: Optional[fakestream.Listener]) -> None:
         kinds.append("oom")
     else:
         print(f"no OOM latency: {no_oom}")
+    kinds += latency.STARTUP
     results["latency_ms"] = {}
+    peak_rss: dict[str, dict[str, float]] = {}  # peer -> kind -> the listener's peak RSS over that run
     for how in kinds:
         for peer in peers:
+            if how in latency.STARTUP and not peer.startup:
+                lines.append(f"latency {how}: {peer.name} reports no death during startsecs")
+                continue
             print(f"latency: {peer.name}, {deaths} deaths by {how} ...", flush=True)
-            values, problems = latency.measure(peer, deaths, how)
-            results["latency_ms"][f"{peer.name}/{how}"] = {**summary(values), "problems": problems}
-            lines.append(
-                row(f"latency {how}: {peer.name}", "ms", summary(values), f"WRONG: {problems}" if problems else "")
-            )
+            run = latency.measure(peer, deaths, how)
+            entry: dict[str, Any] = {**summary(run.ms), "problems": run.problems}
+            wrong = f"WRONG: {run.problems}" if run.problems else ""
+            lines.append(row(f"latency {how}: {peer.name}", "ms", summary(run.ms), wrong))
+            if run.fatal_ms:
+                entry["FATAL after it"] = summary(run.fatal_ms)
+                lines.append(row(f"  then FATAL: {peer.name}", "ms", summary(run.fatal_ms)))
+            results["latency_ms"][f"{peer.name}/{how}"] = entry
+            peak_rss.setdefault(peer.name, {})[how] = run.peak_rss_mb
         navi = results["latency_ms"][f"navi/{how}"]
         for other in ("minimal", "crashmail"):
             if f"{other}/{how}" in results["latency_ms"]:
@@ -124,6 +133,12 @@ def measure_all(quick: bool, old: Optional[fakestream.Listener]) -> None:
                 lines.append(f"  navi reports {ratio:.0f}x sooner than {other} (median, {how})")
         if old is not None:
             compare(f"latency {how}", navi, results["latency_ms"][f"{then_name}/{how}"])
+    # What the latency runs cost in memory: real supervisord, real deaths
+    # (last words read), which the fake streams below do not give.
+    results["latency_peak_rss_mb"] = peak_rss
+    for name, by_kind in peak_rss.items():
+        each = ", ".join(f"{how} {mb:.1f}" for how, mb in by_kind.items())
+        lines.append(f"peak RSS over the latency runs: {name}: {max(by_kind.values()):.1f} MB ({each})")
 
     # 2. Footprint over a fake stream.
     results["footprint_mb"] = {}
