@@ -193,14 +193,41 @@ def measure_all(quick: bool, old: Optional[fakestream.Listener]) -> None:
     for name, v in starts.items():
         lines.append(row(f"start-up to first READY: {name}", "ms", summary(v)))
 
-    # Idle cost and a burst of deaths.
-    print("idle ...", flush=True)
-    results["idle"] = supervised.idle(20 if quick else 60)
-    for name, figures in results["idle"].items():
+    # Idle cost, and while the container is high in its memory limit.
+    listening: dict[str, Optional[str]] = {"navi": None}  # supervisord commands (None: as shipped)
+    if old is not None:
+        listening[then_name] = shlex.join(old.command)
+    minimal = {"minimal": f"{latency.PY} {latency.HERE / 'minimal_listener.py'}"}
+    if no_oom is None:  # a memory cgroup can be made
+        print(f"idle, and high (working set at {supervised.HIGH_SHARE:.0%} of the limit) ...", flush=True)
+    else:
+        print(f"idle ...; not high: {no_oom}", flush=True)
+    quiet = supervised.quiet(20 if quick else 60, {**listening, **minimal}, listening if no_oom is None else {})
+    results.update(quiet)
+    for name, its in quiet["idle"].items():
         lines.append(
-            f"idle {name}: {figures['wakeups_per_min']:.0f} wake-ups/min, "
-            f"{figures['cpu_ms_per_min']:.1f} ms CPU/min, RSS {figures['idle_rss_mb']:.1f} MB"
+            f"idle {name}: {its['wakeups_per_min']:.0f} wake-ups/min, "
+            f"{its['cpu_ms_per_min']:.1f} ms CPU/min, RSS {its['idle_rss_mb']:.1f} MB"
         )
+    for name, its in quiet["high"].items():
+        lines.append(
+            f"high {name}: {its['wakeups_per_min']:.0f} wake-ups/min, "
+            f"{its['cpu_ms_per_min']:.1f} ms CPU/min, RSS {its['idle_rss_mb']:.1f} MB; "
+            f"working set {its['share_min']:.1%} to {its['share_max']:.1%} of the limit, "
+            f"{its['notifications']:.0f} notifications"
+        )
+    if quiet["high"]:
+        ratio = quiet["high"]["navi"]["cpu_ms_per_min"] / quiet["idle"]["navi"]["cpu_ms_per_min"]
+        results["ratio navi high/idle CPU"] = ratio
+        lines.append(f"  navi's CPU while high is {ratio:.2f} x its idle CPU")
+    for what in ("idle", "high"):
+        if old is not None and quiet[what]:
+            now, then = quiet[what]["navi"], quiet[what][then_name]
+            for key, label in (("cpu_ms_per_min", "CPU/min"), ("idle_rss_mb", "RSS")):
+                ratio = now[key] / then[key]
+                now_over_before[f"{what} {label}"] = ratio
+                lines.append(f"  navi/{then_name} {what} {label}: {ratio:.2f}")
+
     print("burst of 200 deaths ...", flush=True)
     results["burst"] = supervised.burst(200)
     b = results["burst"]
