@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -79,7 +80,9 @@ def measure_all(quick: bool, old: Optional[fakestream.Listener]) -> None:
         "machine": {
             "python": platform.python_version(),
             "kernel": platform.release(),
-            "cpus": __import__("os").cpu_count(),
+            "cpus": os.cpu_count(),
+            # The machine is shared: its load over the last 1, 5, 15 minutes.
+            "load average at start": os.getloadavg(),
         },
     }
     lines = [f"{'':<44} {'min':>9} {'median':>9} {'p95':>9} {'max':>9}"]
@@ -237,6 +240,9 @@ def measure_all(quick: bool, old: Optional[fakestream.Listener]) -> None:
         f"{b['events_discarded']}"
     )
 
+    results["machine"]["load average at end"] = os.getloadavg()
+    loads = [" ".join(f"{x:.2f}" for x in results["machine"][f"load average at {when}"]) for when in ("start", "end")]
+    lines.append(f"load average (1, 5, 15 min): {loads[0]} at the start, {loads[1]} at the end")
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{time.strftime('%Y%m%dT%H%M%S')}.json"
