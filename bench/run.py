@@ -5,7 +5,7 @@ one run, with min / median / max over repeated runs (and p95 for latency).
 
 prints a table and writes it as JSON under bench/results/.  With --before,
 that git revision of this repository runs beside today's Navi, as the peer
-navi@REV, in the latency, footprint and throughput runs.
+navi@REV, in the latency, footprint, throughput and idle runs.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def measure_all(quick: bool, old: Optional[fakestream.Listener]) -> None:
                 continue
             print(f"latency: {peer.name}, {deaths} deaths by {how} ...", flush=True)
             run = latency.measure(peer, deaths, how)
-            entry: dict[str, Any] = {**summary(run.ms), "problems": run.problems}
+            entry: dict[str, Any] = {**summary(run.ms), "problems": run.problems, "values": run.ms}
             wrong = f"WRONG: {run.problems}" if run.problems else ""
             lines.append(row(f"latency {how}: {peer.name}", "ms", summary(run.ms), wrong))
             if run.fatal_ms:
