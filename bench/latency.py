@@ -10,7 +10,7 @@ buffer), and N victims that each die once.  How they die:
   a second after the bench started it: supervisord sends BACKOFF, then
   FATAL (startretries=0);
 - exec: STARTING, it dies as soon as it runs (a shell: the time, then
-  SIGKILL), before Navi can have its pid.
+  SIGKILL): dead, or nearly, when Navi reads its pid.
 
 Per death: the time the victim wrote just before dying, to the time the
 report was visible: Navi's notification file (seen by this process
