@@ -1,11 +1,14 @@
 """The floor: a supervisord event listener with nothing but the standard
 library, that acknowledges every event and, given a file, appends the time
-it received each PROCESS_STATE_EXITED event."""
+it received each death: PROCESS_STATE_EXITED, and PROCESS_STATE_BACKOFF (a
+death during startsecs)."""
 
 from __future__ import annotations
 
 import sys
 import time
+
+DEATHS = (b"PROCESS_STATE_EXITED", b"PROCESS_STATE_BACKOFF")
 
 
 def main() -> None:
@@ -19,7 +22,7 @@ def main() -> None:
             return
         header = dict(token.split(b":", 1) for token in line.split())
         payload = stdin.read(int(header[b"len"]))
-        if record is not None and header[b"eventname"] == b"PROCESS_STATE_EXITED":
+        if record is not None and header[b"eventname"] in DEATHS:
             record.write(f"{time.time()!r} {payload.decode(errors='replace')}\n")
         stdout.write(b"RESULT 2\nOK")
 

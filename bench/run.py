@@ -5,7 +5,7 @@ one run, with min / median / max over repeated runs (and p95 for latency).
 
 prints a table and writes it as JSON under bench/results/.  With --before,
 that git revision of this repository runs beside today's Navi, as the peer
-navi@REV, in the latency, footprint and throughput runs.
+navi@REV, in the latency, footprint, throughput and idle runs.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -79,7 +80,9 @@ def measure_all(quick: bool, old: Optional[fakestream.Listener]) -> None:
         "machine": {
             "python": platform.python_version(),
             "kernel": platform.release(),
-            "cpus": __import__("os").cpu_count(),
+            "cpus": os.cpu_count(),
+            # The machine is shared: its load over the last 1, 5, 15 minutes.
+            "load average at start": os.getloadavg(),
         },
     }
     lines = [f"{'':<44} {'min':>9} {'median':>9} {'p95':>9} {'max':>9}"]
@@ -107,15 +110,24 @@ def measure_all(quick: bool, old: Optional[fakestream.Listener]) -> None:
         kinds.append("oom")
     else:
         print(f"no OOM latency: {no_oom}")
+    kinds += latency.STARTUP
     results["latency_ms"] = {}
+    peak_rss: dict[str, dict[str, float]] = {}  # peer -> kind -> the listener's peak RSS over that run
     for how in kinds:
         for peer in peers:
+            if how in latency.STARTUP and not peer.startup:
+                lines.append(f"latency {how}: {peer.name} reports no death during startsecs")
+                continue
             print(f"latency: {peer.name}, {deaths} deaths by {how} ...", flush=True)
-            values, problems = latency.measure(peer, deaths, how)
-            results["latency_ms"][f"{peer.name}/{how}"] = {**summary(values), "problems": problems}
-            lines.append(
-                row(f"latency {how}: {peer.name}", "ms", summary(values), f"WRONG: {problems}" if problems else "")
-            )
+            run = latency.measure(peer, deaths, how)
+            entry: dict[str, Any] = {**summary(run.ms), "problems": run.problems, "values": run.ms}
+            wrong = f"WRONG: {run.problems}" if run.problems else ""
+            lines.append(row(f"latency {how}: {peer.name}", "ms", summary(run.ms), wrong))
+            if run.fatal_ms:
+                entry["FATAL after it"] = summary(run.fatal_ms)
+                lines.append(row(f"  then FATAL: {peer.name}", "ms", summary(run.fatal_ms)))
+            results["latency_ms"][f"{peer.name}/{how}"] = entry
+            peak_rss.setdefault(peer.name, {})[how] = run.peak_rss_mb
         navi = results["latency_ms"][f"navi/{how}"]
         for other in ("minimal", "crashmail"):
             if f"{other}/{how}" in results["latency_ms"]:
@@ -124,6 +136,12 @@ def measure_all(quick: bool, old: Optional[fakestream.Listener]) -> None:
                 lines.append(f"  navi reports {ratio:.0f}x sooner than {other} (median, {how})")
         if old is not None:
             compare(f"latency {how}", navi, results["latency_ms"][f"{then_name}/{how}"])
+    # What the latency runs cost in memory: real supervisord, real deaths
+    # (last words read), which the fake streams below do not give.
+    results["latency_peak_rss_mb"] = peak_rss
+    for name, by_kind in peak_rss.items():
+        each = ", ".join(f"{how} {mb:.1f}" for how, mb in by_kind.items())
+        lines.append(f"peak RSS over the latency runs: {name}: {max(by_kind.values()):.1f} MB ({each})")
 
     # 2. Footprint over a fake stream.
     results["footprint_mb"] = {}
@@ -178,14 +196,41 @@ def measure_all(quick: bool, old: Optional[fakestream.Listener]) -> None:
     for name, v in starts.items():
         lines.append(row(f"start-up to first READY: {name}", "ms", summary(v)))
 
-    # Idle cost and a burst of deaths.
-    print("idle ...", flush=True)
-    results["idle"] = supervised.idle(20 if quick else 60)
-    for name, figures in results["idle"].items():
+    # Idle cost, and while the container is high in its memory limit.
+    listening: dict[str, Optional[str]] = {"navi": None}  # supervisord commands (None: as shipped)
+    if old is not None:
+        listening[then_name] = shlex.join(old.command)
+    minimal = {"minimal": f"{latency.PY} {latency.HERE / 'minimal_listener.py'}"}
+    if no_oom is None:  # a memory cgroup can be made
+        print(f"idle, and high (working set at {supervised.HIGH_SHARE:.0%} of the limit) ...", flush=True)
+    else:
+        print(f"idle ...; not high: {no_oom}", flush=True)
+    quiet = supervised.quiet(20 if quick else 60, {**listening, **minimal}, listening if no_oom is None else {})
+    results.update(quiet)
+    for name, its in quiet["idle"].items():
         lines.append(
-            f"idle {name}: {figures['wakeups_per_min']:.0f} wake-ups/min, "
-            f"{figures['cpu_ms_per_min']:.1f} ms CPU/min, RSS {figures['idle_rss_mb']:.1f} MB"
+            f"idle {name}: {its['wakeups_per_min']:.0f} wake-ups/min, "
+            f"{its['cpu_ms_per_min']:.1f} ms CPU/min, RSS {its['idle_rss_mb']:.1f} MB"
         )
+    for name, its in quiet["high"].items():
+        lines.append(
+            f"high {name}: {its['wakeups_per_min']:.0f} wake-ups/min, "
+            f"{its['cpu_ms_per_min']:.1f} ms CPU/min, RSS {its['idle_rss_mb']:.1f} MB; "
+            f"working set {its['share_min']:.1%} to {its['share_max']:.1%} of the limit, "
+            f"{its['notifications']:.0f} notifications"
+        )
+    if quiet["high"]:
+        ratio = quiet["high"]["navi"]["cpu_ms_per_min"] / quiet["idle"]["navi"]["cpu_ms_per_min"]
+        results["ratio navi high/idle CPU"] = ratio
+        lines.append(f"  navi's CPU while high is {ratio:.2f} x its idle CPU")
+    for what in ("idle", "high"):
+        if old is not None and quiet[what]:
+            now, then = quiet[what]["navi"], quiet[what][then_name]
+            for key, label in (("cpu_ms_per_min", "CPU/min"), ("idle_rss_mb", "RSS")):
+                ratio = now[key] / then[key]
+                now_over_before[f"{what} {label}"] = ratio
+                lines.append(f"  navi/{then_name} {what} {label}: {ratio:.2f}")
+
     print("burst of 200 deaths ...", flush=True)
     results["burst"] = supervised.burst(200)
     b = results["burst"]
@@ -199,6 +244,9 @@ def measure_all(quick: bool, old: Optional[fakestream.Listener]) -> None:
     results["forward"], forward_lines = forward.measure(quick)
     lines += forward_lines
 
+    results["machine"]["load average at end"] = os.getloadavg()
+    loads = [" ".join(f"{x:.2f}" for x in results["machine"][f"load average at {when}"]) for when in ("start", "end")]
+    lines.append(f"load average (1, 5, 15 min): {loads[0]} at the start, {loads[1]} at the end")
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{time.strftime('%Y%m%dT%H%M%S')}.json"
