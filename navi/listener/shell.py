@@ -253,9 +253,20 @@ class Shell:
         self._carry_out(self.core.settle(readings.now))
         if event.name.startswith("TICK_"):
             self._sync_state()
-        elif self._said:  # what was read at a death is its event's, or no one's (a stop)
-            self._said.pop(f"{event.fields.get('groupname', '')}:{event.fields.get('processname', '')}", None)
+        elif self._said:
+            self._forget_said(event)
         self.deaths.catch_up()
+
+    def _forget_said(self, event: Event) -> None:
+        """What was read at a death is for its own EXITED or BACKOFF event, or
+        no one's (a stop, a new start).  Only its RUNNING may come before:
+        supervisord moves a program past startsecs in the pass that then
+        reaps it."""
+        fields = event.fields
+        key = f"{fields.get('groupname', '')}:{fields.get('processname', '')}"
+        said = self._said.get(key)
+        if said is not None and not (event.name == "PROCESS_STATE_RUNNING" and fields.get("pid") == str(said[0])):
+            del self._said[key]
 
     def wait(self, fd: int) -> None:
         """Until ``fd`` (stdin) is readable: deaths are seen meanwhile, and
