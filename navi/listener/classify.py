@@ -262,9 +262,11 @@ class Classifier:
         while self._kills and (evidence.exits_waiting == 0 or now - self._kills[0] > self.oom_window):
             self._kills.popleft()
             due += 1
-        own, self._own_killed = self._own_killed, None
         if not due:
+            if not self._kills:  # the programs dying with it took every kill: not Navi's
+                self._own_killed = None
             return None
+        own, self._own_killed = self._own_killed, None
         notes: list[str] = []
         memory = _memory_info(evidence, rise, counter_problem, notes)
         if memory is not None:
