@@ -43,4 +43,5 @@ def test_navi_s_death_is_no_kill_of_its_own_once_the_programs_took_them() -> Non
     assert c.decide(*tick(3, 5, exits_waiting=0)) is None  # nothing left: Navi's death was no OOM kill
     later = Evidence(observed_at=NOW + timedelta(seconds=20), oom_kill=2, memory=memory(2))
     container = c.decide(event("TICK_5", "when:1796610045", 4), later)
-    assert container is not None and container.process.name is None, container.summary
+    assert container is not None
+    assert container.process.name is None, container.summary
