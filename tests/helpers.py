@@ -65,7 +65,9 @@ ORIGIN = Origin(
 def examples(n: int) -> int:
     """``n`` examples, scaled as the loaded profile scales hypothesis's
     default of 100 (``--hypothesis-profile=quick`` runs a fifth)."""
-    return max(10, n * settings.default.max_examples // 100)
+    loaded = settings.default  # typed Optional by newer hypothesis; a profile is always loaded here
+    assert loaded is not None
+    return max(10, n * loaded.max_examples // 100)
 
 
 def event(name: str, payload: str, serial: int = 1) -> Event:
