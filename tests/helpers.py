@@ -486,8 +486,12 @@ class E2ESandbox(Sandbox):
         return parsed
 
     def check_healthy(self, expect_errors: bool = False, navi_starts: int = 1) -> None:
-        """Navi never broke the protocol, and never crashed inside."""
+        """Navi never broke the protocol, and never crashed inside; it and
+        supervisord run as the sandbox's user."""
         assert self.status().get("navi") == "RUNNING"
+        assert self.process is not None
+        users = {psutil.Process(pid).username() for pid in (self.process.pid, self.pid("navi"))}
+        assert users == {self.user}, users
         main_log = self.log("supervisord.log")
         assert "UNKNOWN" not in main_log, main_log
         assert "event buffer overflowed" not in main_log, main_log

@@ -2,7 +2,8 @@
 
 Used by the tests and by ``navi demo``: the shipped ``supervisord.conf`` and
 ``navi.conf`` are copied with ``/mnt`` moved under a temporary directory and
-``user=mop`` replaced by the current user; the programs to run go into that
+``user=mop`` replaced by the current user (or, for root, another one:
+``user``); the programs to run go into that
 ``/mnt/supervisor.conf``, as the platform would generate it.
 """
 
@@ -13,6 +14,7 @@ import errno
 import getpass
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -129,6 +131,7 @@ class Sandbox:
         cgroup_dir: Optional[str] = None,
         env: Optional[dict[str, str]] = None,
         navi_command: Optional[str] = None,
+        user: Optional[str] = None,
     ) -> None:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="navi-sandbox-")) if root is None else root
@@ -140,6 +143,9 @@ class Sandbox:
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.conf = self.root / "etc" / "supervisord.conf"
         self.navi_command = navi_command  # instead of the shipped one (a test's wrapper)
+        # supervisord's user= (as the run image's mop): root drops to it, so
+        # that user must own the tree it writes in.
+        self.user = user or getpass.getuser()
         try:
             self._lay_out(programs, env or {})
         except BaseException:
@@ -151,13 +157,17 @@ class Sandbox:
             (self.mnt / name).mkdir(parents=True, exist_ok=True)
         (self.mnt / "supervisor.conf").write_text(programs.replace("{mnt}", str(self.mnt)))
         self.conf.parent.mkdir(exist_ok=True)
-        user = getpass.getuser()
         for src in shipped_config_dir().glob("*.conf"):
-            text = render(src.read_text(), self.mnt, user)
+            text = render(src.read_text(), self.mnt, self.user)
             if self.navi_command:
                 command = "command=" + self.navi_command.replace("{mnt}", str(self.mnt))
                 text = text.replace("\ncommand=navi listen\n", f"\n{command}\n")
             (self.conf.parent / src.name).write_text(text)
+        if self.user != getpass.getuser():
+            owner = pwd.getpwnam(self.user)
+            for directory, dirs, files in os.walk(self.root):
+                for path in [directory, *(os.path.join(directory, n) for n in dirs + files)]:
+                    os.chown(path, owner.pw_uid, owner.pw_gid)
         self.env = dict(os.environ)
         for name in ("SUPERVISOR_SERVER_URL", "SUPERVISOR_PROCESS_NAME", "SUPERVISOR_GROUP_NAME"):
             self.env.pop(name, None)
