@@ -439,7 +439,7 @@ class E2ESandbox(Sandbox):
         """Let a program waiting for {mnt}/tmp/go-<name> go on."""
         (self.mnt / "tmp" / f"go-{name}").touch()
 
-    def wait_states(self, states: dict[str, str], timeout: float = 20) -> dict[str, str]:
+    def wait_states(self, states: dict[str, str], timeout: float = 60) -> dict[str, str]:
         def reached() -> Optional[dict[str, str]]:
             now = self.status()
             return now if all(now.get(k) == v for k, v in states.items()) else None

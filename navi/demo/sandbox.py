@@ -210,7 +210,12 @@ class Sandbox:
             stderr=subprocess.DEVNULL,
             preexec_fn=join_cgroup if cgroup_procs else None,
         )
-        self.wait_for(lambda: self.status().get("navi") == "RUNNING", 20, "navi to be RUNNING under supervisord")
+        self.wait_for(lambda: self.status().get("navi") == "RUNNING", 60, "navi to be RUNNING under supervisord")
+        if self.navi_command is None:
+            # Listening, Navi has read the cgroup and saved its first state:
+            # from here on, what happens is its to see.  Where Python is slow
+            # (an emulated CPU) that comes long after supervisord's RUNNING.
+            self.wait_for(lambda: " listening: " in self.log("navi.log"), 120, "Navi to be listening")
 
     def ctl(self, *args: str) -> str:
         done = subprocess.run(
@@ -261,7 +266,7 @@ class Sandbox:
                 raise TimeoutError(f"waited {timeout}s for {what}")
             time.sleep(0.05)
 
-    def wait_notifications(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+    def wait_notifications(self, count: int, timeout: float = 60) -> list[dict[str, Any]]:
         def enough() -> Optional[list[dict[str, Any]]]:
             found = self.notifications_list()
             return found if len(found) >= count else None

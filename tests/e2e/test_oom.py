@@ -56,7 +56,7 @@ def test_real_oom_kill_then_kill_9(memory_cgroup: MemoryCgroup, sandbox: Sandbox
     assert memory["oom_kill"] >= 1
     # Counted here, or (if a TICK came between the kill and this event) at
     # that TICK, which left it to this death waiting in the log.
-    counted_earlier = [n for n in oom["notes"] if n.startswith("this OOM kill was counted while")]
+    counted_earlier = [n for n in oom["notes"] if n.startswith("this OOM kill was counted ")]
     assert memory["oom_kill_rise"] == (0 if counted_earlier else 1)
     assert isinstance(memory["usage_bytes"], int) and memory["usage_bytes"] > 0
     assert isinstance(memory["peak_bytes"], int)
