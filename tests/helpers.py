@@ -10,7 +10,8 @@ fixtures).
 - pidfds a process holds;
 - notifications published by the real spool, for the consumer;
 - following directories: a Watch run in a thread;
-- real supervisord sandboxes, and the processes they leave behind.
+- real supervisord sandboxes, and the processes they leave behind;
+- the cache of the container and VM tiers.
 """
 
 from __future__ import annotations
@@ -513,3 +514,13 @@ class E2ESandbox(Sandbox):
 
 
 SandboxFactory = Callable[..., E2ESandbox]
+
+
+# ---- the cache of the container and VM tiers -----------------------------------------------
+
+
+def image_cache() -> Path:
+    """Where the container tier keeps its debootstrapped bases, and the VM
+    tier its kernel, between runs: $NAVI_IMAGE_CACHE, or ~/.cache/navi-images."""
+    configured = os.environ.get("NAVI_IMAGE_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "navi-images"
