@@ -5,6 +5,7 @@ ones only v2 has skip elsewhere."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -169,9 +170,12 @@ def test_two_programs_oom_killed_within_a_second(memory_cgroup: MemoryCgroup, sa
     # Where the CPU is slow (the VM tier's), the hogs' memory is freed so
     # slowly that the kernel may go on to kill supervisord or Navi: keep
     # them out of its choice (their programs, forked before, are not).
+    # Lowering it needs CAP_SYS_RESOURCE, which root in a container (this
+    # host) may lack; there the CPU is fast enough.
     assert box.process is not None
     for pid in (box.process.pid, box.pid("navi")):
-        Path(f"/proc/{pid}/oom_score_adj").write_text("-1000")
+        with contextlib.suppress(PermissionError):
+            Path(f"/proc/{pid}/oom_score_adj").write_text("-1000")
     box.trigger("hogs")
     box.wait_notifications(2)
     found = box.check_files()
