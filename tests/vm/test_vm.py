@@ -98,13 +98,19 @@ def pytest_job(nodes: list[str], junit: Path) -> str:
 OUTCOMES = {"failure": "failed", "error": "error", "skipped": "skipped"}
 
 
+def _printed(text: str) -> bool:
+    """Whether captured output holds more than pytest's section headers."""
+    return any(line.strip() and not line.startswith("---") for line in text.splitlines())
+
+
 def read_junit(text: str) -> dict[str, Report]:
     reports = {}
     for case in ET.fromstring(text).iter("testcase"):
         # classname: the module's dotted path, from where the guest's pytest ran
         node = f"tests/e2e/{case.get('classname', '').rsplit('.', 1)[-1]}.py::{case.get('name')}"
         found = [child.tag for child in case if child.tag in OUTCOMES]
-        text = "\n".join(f"--- {child.tag}: {child.get('message', '')}\n{child.text or ''}" for child in case)
+        said = [child for child in case if child.tag in OUTCOMES or _printed(child.text or "")]
+        text = "\n".join(f"--- {child.tag}: {child.get('message', '')}\n{child.text or ''}" for child in said)
         reports[node] = Report(OUTCOMES[found[0]] if found else "passed", text)
     return reports
 
@@ -144,3 +150,19 @@ def test_the_guest_has_cgroup_v2_alone_and_cannot_write_the_host(machine: Machin
     assert lines[:3] == ["0::/", "cgroup2fs", "memory pids"], done.output
     assert "wrote" not in lines and not probe.exists(), "the guest wrote into the host's root"
     assert lines[-1].startswith("Python 3."), done.output  # nobody can run the host's Python there
+
+
+def test_a_guest_report_is_read_per_test() -> None:
+    junit = (
+        "<testsuites><testsuite>"
+        '<testcase classname="work.wt-vm.tests.e2e.test_oom" name="test_a"><failure message="boom">trace</failure>'
+        "<system-out>--- Captured Out ---\n\n</system-out></testcase>"
+        '<testcase classname="tests.e2e.test_unseen" name="test_b"><system-out>--- x ---\nsaid</system-out></testcase>'
+        '<testcase classname="tests.e2e.test_unseen" name="test_c"><skipped message="why"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    assert read_junit(junit) == {
+        "tests/e2e/test_oom.py::test_a": Report("failed", "--- failure: boom\ntrace"),
+        "tests/e2e/test_unseen.py::test_b": Report("passed", "--- system-out: \n--- x ---\nsaid"),
+        "tests/e2e/test_unseen.py::test_c": Report("skipped", "--- skipped: why\n"),
+    }
