@@ -430,7 +430,7 @@ def kill_leftovers(processes: list[tuple[int, float]], grace: float = 5.0) -> li
 def triggered(name: str, then: str) -> str:
     """A shell command that waits (past startsecs) until the test creates
     {mnt}/tmp/go-<name> (E2ESandbox.trigger), then runs ``then``."""
-    return f"sh -c 'while [ ! -e {{mnt}}/tmp/go-{name} ]; do sleep 0.05; done; {then}'"
+    return f"sh -c 'while [ ! -e {{mnt}}/tmp/go-{name} ]; do sleep 0.2; done; {then}'"
 
 
 class E2ESandbox(Sandbox):

@@ -230,7 +230,10 @@ class Machine:
         closed, expose = closed_ways(sorted(real))
         self.cmdline = " ".join(
             [
-                "console=ttyS0 quiet panic=-1",
+                # No transparent huge pages: under the emulated CPU, a killed
+                # hog's are freed so slowly that the kernel goes on to kill
+                # supervisord too.
+                "console=ttyS0 quiet panic=-1 transparent_hugepage=never",
                 f"navi.jobs={self.jobs}",
                 *([f"navi.closed={','.join(closed)}", f"navi.expose={','.join(expose)}"] if closed else []),
             ]
