@@ -220,6 +220,7 @@ class Machine:
 
     def __init__(self, kernel: Kernel, busybox: Path) -> None:
         self.kernel = kernel
+        self.busybox = busybox
         self.dir = Path(tempfile.mkdtemp(prefix="navi-vm-"))
         self.jobs = self.dir / "jobs"
         self.jobs.mkdir()
@@ -238,16 +239,16 @@ class Machine:
                 *([f"navi.closed={','.join(closed)}", f"navi.expose={','.join(expose)}"] if closed else []),
             ]
         )
-        self.initrd = initramfs(kernel, busybox, self.dir)
 
     def boot(self, timeout: float = 180) -> str:
         """Start qemu; returns the guest's kernel release once it serves jobs."""
+        initrd = initramfs(self.kernel, self.busybox, self.dir)
         share = "security_model=passthrough,multidevs=remap"
         # fmt: off
         command = [
             QEMU, "-accel", "tcg", "-smp", "2", "-m", "2048",
             "-display", "none", "-monitor", "none", "-serial", f"file:{self.console}", "-nic", "none",
-            "-no-reboot", "-kernel", str(self.kernel.vmlinuz), "-initrd", str(self.initrd), "-append", self.cmdline,
+            "-no-reboot", "-kernel", str(self.kernel.vmlinuz), "-initrd", str(initrd), "-append", self.cmdline,
             "-virtfs", f"local,path=/,mount_tag=host,id=host,readonly=on,{share}",
             "-virtfs", f"local,path={self.jobs},mount_tag=jobs,id=jobs,{share}",
         ]

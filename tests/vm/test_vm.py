@@ -15,6 +15,7 @@ The host's ``NAVI_*`` variables reach Navi in the guest:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.machine import PATH, ROOT, Machine
+from tests.vm.machine import MODULES, PATH, ROOT, Kernel, Machine, cached_kernel, why_not
 
 GUEST_TESTS = [
     f"tests/e2e/{node}"
@@ -197,3 +198,27 @@ def test_a_guest_report_is_read_per_test() -> None:
         "tests/e2e/test_unseen.py::test_b": Report("passed", "--- system-out: \n--- x ---\nsaid"),
         "tests/e2e/test_unseen.py::test_c": Report("skipped", "--- skipped: why\n"),
     }
+
+
+def test_the_tier_says_why_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert why_not() == ("the VM tier needs root (euid 1000): it makes cgroups and OOM kills in the guest as root")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr("tests.vm.machine.PATH", "/nonexistent")
+    reason = why_not()
+    assert reason is not None and reason.startswith("qemu-system-x86_64 is not installed (packaging/dev test installs")
+
+
+def test_only_a_whole_kernel_is_taken_from_the_cache(tmp_path: Path) -> None:
+    assert cached_kernel(tmp_path) is None
+    release = "6.1.0-0-amd64"
+    (tmp_path / "kernel.json").write_text(json.dumps({"release": release, "modules": list(MODULES)}))
+    (tmp_path / release / "modules").mkdir(parents=True)
+    (tmp_path / release / f"vmlinuz-{release}").write_bytes(b"")
+    for module in MODULES[:-1]:
+        (tmp_path / release / "modules" / f"{module}.ko").write_bytes(b"")
+    assert cached_kernel(tmp_path) is None  # 9p.ko is missing
+    (tmp_path / release / "modules" / f"{MODULES[-1]}.ko").write_bytes(b"")
+    assert cached_kernel(tmp_path) == Kernel(
+        release, tmp_path / release / f"vmlinuz-{release}", tmp_path / release / "modules"
+    )
