@@ -5,6 +5,7 @@ and watches that always stop.  The helpers they use are in tests/helpers.py."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -32,11 +33,13 @@ settings.load_profile("navi")
 @pytest.fixture
 def sandbox() -> Iterator[SandboxFactory]:
     """``sandbox(programs, **kwargs)``: a started E2ESandbox; every one made
-    is closed at teardown, and every process supervisord started is gone."""
+    is closed at teardown, and every process supervisord started is gone.
+    Its supervisord runs as $NAVI_SANDBOX_USER if set (root drops to it, as
+    the run image's supervisord runs as mop; the VM tier sets ``nobody``)."""
     made: list[E2ESandbox] = []
 
     def make(programs: str, **kwargs: Any) -> E2ESandbox:
-        box = E2ESandbox(programs, **kwargs)
+        box = E2ESandbox(programs, **{"user": os.environ.get("NAVI_SANDBOX_USER"), **kwargs})
         made.append(box)
         box.start()
         return box

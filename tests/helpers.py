@@ -10,7 +10,8 @@ fixtures).
 - pidfds a process holds;
 - notifications published by the real spool, for the consumer;
 - following directories: a Watch run in a thread;
-- real supervisord sandboxes, and the processes they leave behind.
+- real supervisord sandboxes, and the processes they leave behind;
+- the cache of the container and VM tiers.
 """
 
 from __future__ import annotations
@@ -427,7 +428,7 @@ def kill_leftovers(processes: list[tuple[int, float]], grace: float = 5.0) -> li
 def triggered(name: str, then: str) -> str:
     """A shell command that waits (past startsecs) until the test creates
     {mnt}/tmp/go-<name> (E2ESandbox.trigger), then runs ``then``."""
-    return f"sh -c 'while [ ! -e {{mnt}}/tmp/go-{name} ]; do sleep 0.05; done; {then}'"
+    return f"sh -c 'while [ ! -e {{mnt}}/tmp/go-{name} ]; do sleep 0.2; done; {then}'"
 
 
 class E2ESandbox(Sandbox):
@@ -437,7 +438,7 @@ class E2ESandbox(Sandbox):
         """Let a program waiting for {mnt}/tmp/go-<name> go on."""
         (self.mnt / "tmp" / f"go-{name}").touch()
 
-    def wait_states(self, states: dict[str, str], timeout: float = 20) -> dict[str, str]:
+    def wait_states(self, states: dict[str, str], timeout: float = 60) -> dict[str, str]:
         def reached() -> Optional[dict[str, str]]:
             now = self.status()
             return now if all(now.get(k) == v for k, v in states.items()) else None
@@ -485,8 +486,12 @@ class E2ESandbox(Sandbox):
         return parsed
 
     def check_healthy(self, expect_errors: bool = False, navi_starts: int = 1) -> None:
-        """Navi never broke the protocol, and never crashed inside."""
+        """Navi never broke the protocol, and never crashed inside; it and
+        supervisord run as the sandbox's user."""
         assert self.status().get("navi") == "RUNNING"
+        assert self.process is not None
+        users = {psutil.Process(pid).username() for pid in (self.process.pid, self.pid("navi"))}
+        assert users == {self.user}, users
         main_log = self.log("supervisord.log")
         assert "UNKNOWN" not in main_log, main_log
         assert "event buffer overflowed" not in main_log, main_log
@@ -508,3 +513,13 @@ class E2ESandbox(Sandbox):
 
 
 SandboxFactory = Callable[..., E2ESandbox]
+
+
+# ---- the cache of the container and VM tiers -----------------------------------------------
+
+
+def image_cache() -> Path:
+    """Where the container tier keeps its debootstrapped bases, and the VM
+    tier its kernel, between runs: $NAVI_IMAGE_CACHE, or ~/.cache/navi-images."""
+    configured = os.environ.get("NAVI_IMAGE_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "navi-images"

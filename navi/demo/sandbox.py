@@ -2,7 +2,8 @@
 
 Used by the tests and by ``navi demo``: the shipped ``supervisord.conf`` and
 ``navi.conf`` are copied with ``/mnt`` moved under a temporary directory and
-``user=mop`` replaced by the current user; the programs to run go into that
+``user=mop`` replaced by the current user (or, for root, another one:
+``user``); the programs to run go into that
 ``/mnt/supervisor.conf``, as the platform would generate it.
 """
 
@@ -13,6 +14,7 @@ import errno
 import getpass
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from navi import names
-from navi.listener import CgroupError, MemoryCgroup, locate_cgroup, supervisor_call
+from navi.listener import CgroupError, Fault, MemoryCgroup, RpcError, locate_cgroup, supervisor_call
 
 MNT_DIRS = ("app", "home", "log", "notifications", "tmp")
 
@@ -129,16 +131,21 @@ class Sandbox:
         cgroup_dir: Optional[str] = None,
         env: Optional[dict[str, str]] = None,
         navi_command: Optional[str] = None,
+        user: Optional[str] = None,
     ) -> None:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="navi-sandbox-")) if root is None else root
         self.mnt = self.root / "mnt"
         self.notifications = self.mnt / "notifications"
         self.socket = self.mnt / "home" / "supervisor.sock"
+        self.url = f"unix://{self.socket}"
         self.cgroup_dir = cgroup_dir
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.conf = self.root / "etc" / "supervisord.conf"
         self.navi_command = navi_command  # instead of the shipped one (a test's wrapper)
+        # supervisord's user= (as the run image's mop): root drops to it, so
+        # that user must own the tree it writes in.
+        self.user = user or getpass.getuser()
         try:
             self._lay_out(programs, env or {})
         except BaseException:
@@ -150,13 +157,17 @@ class Sandbox:
             (self.mnt / name).mkdir(parents=True, exist_ok=True)
         (self.mnt / "supervisor.conf").write_text(programs.replace("{mnt}", str(self.mnt)))
         self.conf.parent.mkdir(exist_ok=True)
-        user = getpass.getuser()
         for src in shipped_config_dir().glob("*.conf"):
-            text = render(src.read_text(), self.mnt, user)
+            text = render(src.read_text(), self.mnt, self.user)
             if self.navi_command:
                 command = "command=" + self.navi_command.replace("{mnt}", str(self.mnt))
                 text = text.replace("\ncommand=navi listen\n", f"\n{command}\n")
             (self.conf.parent / src.name).write_text(text)
+        if self.user != getpass.getuser():
+            owner = pwd.getpwnam(self.user)
+            for directory, dirs, files in os.walk(self.root):
+                for path in [directory, *(os.path.join(directory, n) for n in dirs + files)]:
+                    os.chown(path, owner.pw_uid, owner.pw_gid)
         self.env = dict(os.environ)
         for name in ("SUPERVISOR_SERVER_URL", "SUPERVISOR_PROCESS_NAME", "SUPERVISOR_GROUP_NAME"):
             self.env.pop(name, None)
@@ -199,11 +210,12 @@ class Sandbox:
             stderr=subprocess.DEVNULL,
             preexec_fn=join_cgroup if cgroup_procs else None,
         )
-        self.wait_for(
-            lambda: "navi" in self.status() and self.status()["navi"] == "RUNNING",
-            20,
-            "navi to be RUNNING under supervisord",
-        )
+        self.wait_for(lambda: self.status().get("navi") == "RUNNING", 60, "navi to be RUNNING under supervisord")
+        if self.navi_command is None:
+            # Listening, Navi has read the cgroup and saved its first state:
+            # from here on, what happens is its to see.  Where Python is slow
+            # (an emulated CPU) that comes long after supervisord's RUNNING.
+            self.wait_for(lambda: " listening: " in self.log("navi.log"), 120, "Navi to be listening")
 
     def ctl(self, *args: str) -> str:
         done = subprocess.run(
@@ -216,12 +228,15 @@ class Sandbox:
         return done.stdout
 
     def status(self) -> dict[str, str]:
-        states = {}
-        for line in self.ctl("status").splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[1].isupper():
-                states[parts[0]] = parts[1]
-        return states
+        """Each program's state, named as ``supervisorctl status`` names it;
+        empty while supervisord does not answer.  Asked over XML-RPC: a
+        supervisorctl process for every poll is slow where Python is slow
+        (the VM tier's emulated CPU)."""
+        try:
+            infos = supervisor_call(self.url, "supervisor.getAllProcessInfo", timeout=30)
+        except (RpcError, Fault):
+            return {}
+        return {i["name"] if i["name"] == i["group"] else f"{i['group']}:{i['name']}": i["statename"] for i in infos}
 
     def stop_program(self, name: str) -> None:
         """supervisorctl stop, retried: it fails while a crash-looping
@@ -231,7 +246,7 @@ class Sandbox:
         )
 
     def pid(self, name: str) -> int:
-        return int(self.ctl("pid", name).strip())
+        return int(supervisor_call(self.url, "supervisor.getProcessInfo", name, timeout=30)["pid"])
 
     def notifications_list(self) -> list[dict[str, Any]]:
         files = sorted(p for p in self.notifications.iterdir() if not names.skipped(p.name))
@@ -251,7 +266,7 @@ class Sandbox:
                 raise TimeoutError(f"waited {timeout}s for {what}")
             time.sleep(0.05)
 
-    def wait_notifications(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+    def wait_notifications(self, count: int, timeout: float = 60) -> list[dict[str, Any]]:
         def enough() -> Optional[list[dict[str, Any]]]:
             found = self.notifications_list()
             return found if len(found) >= count else None
@@ -269,9 +284,8 @@ class Sandbox:
         if self.process is None or self.process.poll() is not None:
             return
         try:
-            url = f"unix://{self.socket}"
-            supervisor_call(url, "supervisor.stopAllProcesses", True, timeout=30)
-            supervisor_call(url, "supervisor.shutdown", timeout=30)
+            supervisor_call(self.url, "supervisor.stopAllProcesses", True, timeout=30)
+            supervisor_call(self.url, "supervisor.shutdown", timeout=30)
         except Exception:
             self.process.send_signal(signal.SIGTERM)
         try:

@@ -9,15 +9,18 @@ from navi.listener.cgroup import locate as locate_cgroup
 from navi.listener.loop import serve
 from navi.listener.mainlog import LogTail, LogUnavailable, log_source
 from navi.listener.protocol import Event
+from navi.listener.rpc import Fault, RpcError
 from navi.listener.rpc import call as supervisor_call
 
 __all__ = [
     "STANDARD_ROOT",
     "CgroupError",
     "Event",
+    "Fault",
     "LogTail",
     "LogUnavailable",
     "MemoryCgroup",
+    "RpcError",
     "locate_cgroup",
     "log_source",
     "read_oom_kill",

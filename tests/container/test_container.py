@@ -56,6 +56,7 @@ import pytest
 
 from navi import __version__, names
 from navi.listener import cgroup
+from tests.helpers import image_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -162,12 +163,6 @@ def has_memory_cgroup() -> bool:
     except cgroup.CgroupError:
         return False
     return True
-
-
-def image_cache() -> Path:
-    """Where the debootstrapped bases are kept between runs."""
-    configured = os.environ.get("NAVI_IMAGE_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "navi-images"
 
 
 def cached_base(cache: Path, suite: str) -> Optional[Path]:
