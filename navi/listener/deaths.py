@@ -25,6 +25,7 @@ import errno
 import logging
 import os
 import select
+import signal
 import time
 from collections.abc import Iterable
 from typing import Callable, Optional
@@ -121,14 +122,17 @@ class DeathWatch:
         pipes: set[str] = set()
         for pid in dead:
             pipes |= self._outputs.get(pid, set())
-            self._forget(pid)
             self._fired.add(pid)
 
         def logged() -> None:
-            self._wait_for_logs(pipes)
+            self._wait_for_logs(pipes, [self._fds[pid] for pid in dead])
             self._dead(dead)
 
-        self._wake_supervisord(logged)
+        try:
+            self._wake_supervisord(logged)
+        finally:
+            for pid in dead:
+                self._forget(pid)
 
     def dying(self) -> int:
         """Watched programs dead now whose events are not handled yet: an OOM
@@ -162,9 +166,12 @@ class DeathWatch:
         except OSError:
             return False
 
-    def _wait_for_logs(self, pipes: set[str]) -> None:
+    def _wait_for_logs(self, pipes: set[str], pidfds: list[int]) -> None:
         """Until supervisord has closed its end of these pipes: it does when
-        it reaps their process, once it has logged all it wrote."""
+        it reaps their process, once it has logged all it wrote.  Where its
+        fds are not Navi's to look at (it changed its user at start, which
+        makes it undumpable), until it has reaped the processes, and a moment
+        for the rest of that."""
         fds = f"{self._proc}/{self._supervisord}/fd"
         deadline = time.monotonic() + DRAIN_WAIT
         while pipes and time.monotonic() < deadline:
@@ -174,8 +181,23 @@ class DeathWatch:
                     with contextlib.suppress(FileNotFoundError):  # closed meanwhile
                         held.add(os.readlink(f"{fds}/{fd}"))
             except OSError:
-                return  # not ours to look at: the logs are read as they are
+                self._wait_for_reaping(pidfds, deadline)
+                return
             if not pipes & held:
+                return
+            time.sleep(0.0005)
+
+    @staticmethod
+    def _wait_for_reaping(pidfds: list[int], deadline: float) -> None:
+        while pidfds and time.monotonic() < deadline:
+            try:
+                signal.pidfd_send_signal(pidfds[-1], 0)
+            except ProcessLookupError:  # reaped: its logs are written just after
+                pidfds.pop()
+                if not pidfds:
+                    time.sleep(0.001)
+                continue
+            except OSError:
                 return
             time.sleep(0.0005)
 

@@ -172,3 +172,29 @@ def test_the_last_words_are_taken_once_supervisord_closed_the_pipes_before_it_is
     watch.wait_for_input(pipe.read_fd)
     timer.join()
     assert order == ["dead: pipe closed", "asked"]
+
+
+def test_where_supervisords_fds_cannot_be_read_the_last_words_wait_for_the_reaping(pipe: Pipe) -> None:
+    """supervisord that changed its user at start is undumpable: its fds are
+    not Navi's to look at.  Then the reaping (by this test, 10 ms after the
+    death) is what Navi waits for."""
+    child = subprocess.Popen(["sleep", "60"], stdout=subprocess.PIPE)
+    seen: list[bool] = []
+
+    def wake(connected: Callable[[], None]) -> None:
+        connected()
+        pipe.wake(lambda: None)
+
+    def dead(pids: list[int]) -> None:
+        seen.append(os.path.exists(f"/proc/{child.pid}"))  # a zombie is there until it is reaped
+
+    watch = DeathWatch(wake, dead, supervisord=2**22 + 1)  # no such pid
+    watch.watch([child.pid])
+    child.kill()
+    timer = threading.Timer(0.01, child.wait)
+    timer.start()
+    watch.wait_for_input(pipe.read_fd)
+    timer.join()
+    assert seen == [False]  # reaped before the dead were told of
+    assert child.stdout is not None
+    child.stdout.close()
