@@ -24,7 +24,7 @@ from typing import Optional
 
 from navi import __version__, names
 from navi.listener import cgroup, summaries
-from navi.listener.classify import Origin
+from navi.listener.classify import Origin, nobody
 from navi.listener.coalesce import Outgoing
 from navi.listener.core import State
 from navi.listener.pressure import describe
@@ -35,7 +35,6 @@ from navi.notification import (
     FormatError,
     MemoryInfo,
     Notification,
-    ProcessInfo,
     ProgramMemory,
     Source,
     decode,
@@ -94,7 +93,7 @@ def judge(remains: Remains, host: str, now: datetime) -> Optional[Outgoing]:
         time=now,
         count=1 if group else unreported,
         summary=summaries.postmortem(group, unreported, running, info),
-        process=ProcessInfo(name=None, group=None, pid=None),
+        process=nobody(),
         exit=ExitInfo(
             code=None,
             signal="SIGKILL",

@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from navi import __version__
-from navi.listener import cgroup, childlog, lastwords, procs, rpc
+from navi.listener import cgroup, procs, rpc
+from navi.listener.childlog import LastWords
 from navi.listener.classify import Origin
 from navi.listener.coalesce import Outgoing
 from navi.listener.core import Action, Core, Limits, Needs, Publish, Readings, Remark, Save, State, WatchPids
@@ -26,7 +27,7 @@ from navi.listener.procs import identity
 from navi.listener.protocol import Event
 from navi.listener.spool import Spool, SpoolError
 from navi.names import MAX_STATE_SIZE, STATE_FILE, next_seconds, original_name
-from navi.notification import EPISODES, FormatError, Original, Output, decode, encode
+from navi.notification import EPISODES, FormatError, Original, decode, encode
 
 log = logging.getLogger("navi")
 
@@ -106,11 +107,7 @@ class Shell:
             self._died,
             settings.proc_root,
         )
-        # Where each program's output goes ("group:name"), and the last words
-        # read at deaths, for their events.
-        self._outputs: dict[str, tuple[lastwords.Where, lastwords.Where]] = {}
-        self._outputs_problem = ""
-        self._said: dict[str, tuple[int, Output]] = {}
+        self.last_words = LastWords(url, settings.proc_root)
         self._running_now()
         # What the last Navi decided and may not have written is written
         # first, before any event (the spool restores it as it opens).
@@ -151,53 +148,11 @@ class Shell:
                 self.core.note_running(str(info.get("group")), str(info.get("name")), info["pid"])
         self.deaths.watch(self.core.running.pids())
         if self.settings.limits.last_words:
-            self._find_outputs()
-
-    def _find_outputs(self) -> None:
-        """Where each program's stdout and stderr go, from supervisord's
-        configuration of it (read again when a program is new to it)."""
-        try:
-            infos = rpc.call(self.settings.supervisor_url or "", "supervisor.getAllConfigInfo")
-            self._outputs_problem = ""
-        except (rpc.RpcError, rpc.Fault) as e:
-            self._outputs_problem = f"supervisord's configuration could not be read ({e})"
-            return
-        for info in infos if isinstance(infos, list) else ():
-            if isinstance(info, dict):
-                where = (lastwords.where(info, "stderr"), lastwords.where(info, "stdout"))
-                self._outputs[f"{info.get('group')}:{info.get('name')}"] = where
-
-    def _last_words(self, key: str, at_death: bool) -> Output:
-        """The end of what the program ``group:name`` wrote, from its log files."""
-        if key not in self._outputs and self.settings.supervisor_url:
-            self._find_outputs()
-        why = self._outputs_problem or (
-            "no supervisor URL to ask where its output goes"
-            if not self.settings.supervisor_url
-            else "not a program supervisord knows"
-        )
-        windows = [
-            childlog.read_end(w.file) if w.file else lastwords.Window(None, unavailable=w.unavailable)
-            for w in self._outputs.get(key, (lastwords.Where(None, why), lastwords.Where(None, why)))
-        ]
-        return lastwords.output(windows[0], windows[1], at_death)
+            self.last_words.find()
 
     def _died(self, pids: list[int]) -> None:
-        """Programs seen dead, all they wrote logged, supervisord not yet
-        woken to restart them: their last words, to the last, and nothing of
-        the next process's."""
-        if not self.settings.limits.last_words:
-            return
-        programs = self.core.running.programs()
-        read = {f"{g}:{n}": (pid, self._last_words(f"{g}:{n}", at_death=True)) for g, n, pid in programs if pid in pids}
-        # Something else may have woken supervisord first, to reap and start
-        # them again: a child of its that Navi does not know of yet may be a
-        # new process, whose first words may be among those read.
-        known = {pid for _, _, pid in programs} | {os.getpid()}
-        new = procs.children(os.getppid(), self.settings.proc_root)
-        if new is None or new - known:
-            read = {key: (pid, replace(words, at_death=False)) for key, (pid, words) in read.items()}
-        self._said.update(read)
+        if self.settings.limits.last_words:
+            self.last_words.at_death(self.core.running.programs(), pids)
 
     def _open_spool(self) -> None:
         try:
@@ -253,20 +208,9 @@ class Shell:
         self._carry_out(self.core.settle(readings.now))
         if event.name.startswith("TICK_"):
             self._sync_state()
-        elif self._said:
-            self._forget_said(event)
+        else:
+            self.last_words.handled(event)
         self.deaths.catch_up()
-
-    def _forget_said(self, event: Event) -> None:
-        """What was read at a death is for its own EXITED or BACKOFF event, or
-        no one's (a stop, a new start).  Only its RUNNING may come before:
-        supervisord moves a program past startsecs in the pass that then
-        reaps it."""
-        fields = event.fields
-        key = f"{fields.get('groupname', '')}:{fields.get('processname', '')}"
-        said = self._said.get(key)
-        if said is not None and not (event.name == "PROCESS_STATE_RUNNING" and fields.get("pid") == str(said[0])):
-            del self._said[key]
 
     def wait(self, fd: int) -> None:
         """Until ``fd`` (stdin) is readable: deaths are seen meanwhile, and
@@ -302,19 +246,8 @@ class Shell:
         if need.pressure:
             changes.update(pressure_read=True, pressure=cgroup.read_pressure(self._cgroup) if self._cgroup else None)
         if need.output and event is not None:
-            changes.update(output_read=True, output=self._output_of(event))
+            changes.update(output_read=True, output=self.last_words.of(event))
         return replace(readings, **changes)  # type: ignore[arg-type]
-
-    def _output_of(self, event: Event) -> Output:
-        """The last words of the event's program: those read at its death,
-        if that was its pid (BACKOFF names none), or read now."""
-        fields = event.fields
-        key = f"{fields.get('groupname', '')}:{fields.get('processname', '')}"
-        said = self._said.get(key)
-        pid = fields.get("pid", "")
-        if said is not None and (not pid.isdigit() or int(pid) == said[0]):
-            return said[1]
-        return self._last_words(key, at_death=False)
 
     def _carry_out(self, actions: list[Action]) -> None:
         for action in actions:
