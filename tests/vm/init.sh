@@ -30,6 +30,7 @@ for word in $(cat /proc/cmdline); do
         navi.jobs=*) jobs=${word#*=} ;;
         navi.closed=*) closed=${word#*=} ;;
         navi.expose=*) expose=${word#*=} ;;
+        navi.keep=*) keep=${word#*=} ;;
     esac
 done
 [ -n "$jobs" ] || fail "no navi.jobs= on the kernel command line"
@@ -56,9 +57,25 @@ for path in $expose; do
 done
 unset IFS
 
+# The checkout and its virtualenv stay where they are, if they are in one
+# of the directories the guest gets a tmpfs of its own for (navi.keep).
+IFS=,
+n=0
+for path in $keep; do
+    mkdir -p "/hold/$n" && mount -o bind "/newroot$path" "/hold/$n" || fail "cannot hold $path"
+    n=$((n + 1))
+done
+unset IFS
 for dir in tmp run var/tmp; do
     mount -t tmpfs -o mode=1777 tmpfs "/newroot/$dir" || fail "cannot mount a tmpfs on /$dir"
 done
+IFS=,
+n=0
+for path in $keep; do
+    mkdir -p "/newroot$path" && mount -o bind "/hold/$n" "/newroot$path" || fail "cannot keep $path"
+    n=$((n + 1))
+done
+unset IFS
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys
 mount -t devtmpfs dev /newroot/dev

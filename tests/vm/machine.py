@@ -173,6 +173,9 @@ def fetch_kernel(cache: Path) -> Kernel:
     return kernel
 
 
+GUEST_TMPFS = ("/tmp/", "/run/", "/var/tmp/")  # the guest's own, as init.sh mounts them
+
+
 def closed_ways(paths: Iterable[str]) -> tuple[list[str], list[str]]:
     """The directories on the way to ``paths`` that other users may not pass
     (the host's Python under /root), and the paths beneath them that the
@@ -229,6 +232,9 @@ class Machine:
         self._jobs = 0
         real = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, ROOT)}
         closed, expose = closed_ways(sorted(real))
+        # Where the guest mounts a tmpfs of its own: a checkout there (a CI's
+        # clone in /tmp, say) is bound back into it.
+        keep = sorted(p for p in real if p.startswith(GUEST_TMPFS))
         self.cmdline = " ".join(
             [
                 # No transparent huge pages: under the emulated CPU, a killed
@@ -237,6 +243,7 @@ class Machine:
                 "console=ttyS0 quiet panic=-1 transparent_hugepage=never",
                 f"navi.jobs={self.jobs}",
                 *([f"navi.closed={','.join(closed)}", f"navi.expose={','.join(expose)}"] if closed else []),
+                *([f"navi.keep={','.join(keep)}"] if keep else []),
             ]
         )
 
