@@ -425,6 +425,10 @@ def kill_leftovers(processes: list[tuple[int, float]], grace: float = 5.0) -> li
     return killed
 
 
+def without_pressure(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [n for n in found if n.get("type") != "pressure"]
+
+
 def triggered(name: str, then: str) -> str:
     """A shell command that waits (past startsecs) until the test creates
     {mnt}/tmp/go-<name> (E2ESandbox.trigger), then runs ``then``."""
@@ -433,6 +437,27 @@ def triggered(name: str, then: str) -> str:
 
 class E2ESandbox(Sandbox):
     """A Sandbox with the waits and checks the end-to-end tests share."""
+
+    def wait_for(self, ready: Callable[[], Any], timeout: float, what: str) -> Any:
+        """As Sandbox's, and a timeout says what Navi said and wrote."""
+        try:
+            return super().wait_for(ready, timeout, what)
+        except TimeoutError as e:
+            written = [(n.get("type"), n.get("summary")) for n in self.notifications_list()]
+            raise TimeoutError(f"{e}\n--- navi.log:\n{self.log('navi.log')[-3000:]}\n--- written: {written}") from None
+
+    def incidents(self) -> list[dict[str, Any]]:
+        """The notifications but the pressure episodes: a test of OOM kills
+        may climb slowly enough (an emulated CPU's) for Navi to tell one."""
+        return without_pressure(self.notifications_list())
+
+    def wait_incidents(self, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+        def enough() -> Optional[list[dict[str, Any]]]:
+            found = self.incidents()
+            return found if len(found) >= count else None
+
+        result: list[dict[str, Any]] = self.wait_for(enough, timeout, f"{count} incident(s)")
+        return result
 
     def trigger(self, name: str) -> None:
         """Let a program waiting for {mnt}/tmp/go-<name> go on."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from navi.demo.sandbox import program
-from tests.helpers import triggered
+from tests.helpers import triggered, without_pressure
 
 if TYPE_CHECKING:
     from navi.listener.cgroup import MemoryCgroup
@@ -42,7 +42,7 @@ def test_real_oom_kill_then_kill_9(memory_cgroup: MemoryCgroup, sandbox: Sandbox
     assert {box.process.pid, hog_pid, sleeper_pid, *box.spawned_pids("navi")} <= members
 
     box.trigger("hog")
-    [oom] = box.wait_notifications(1)
+    [oom] = box.wait_incidents(1)
     box.wait_states({"hog": "EXITED"})
     assert "WARN exited: hog (terminated by SIGKILL; not expected)" in box.log("supervisord.log")
 
@@ -73,8 +73,8 @@ def test_real_oom_kill_then_kill_9(memory_cgroup: MemoryCgroup, sandbox: Sandbox
 
     # A kill -9 from outside, in the same cgroup: the counter did not rise.
     os.kill(sleeper_pid, signal.SIGKILL)
-    box.wait_notifications(2)
-    found = box.check_files()
+    box.wait_incidents(2)
+    found = without_pressure(box.check_files())
     assert [n["type"] for n in found] == ["oom", "crash"]
     crash = found[1]
     assert crash["process"] == {"name": "sleeper", "group": "sleeper", "pid": sleeper_pid}
@@ -94,7 +94,7 @@ def test_a_child_oom_killed_while_its_program_lives_on(memory_cgroup: MemoryCgro
     box = sandbox(program("parent", parent), cgroup_dir=memory_cgroup.path)
     box.wait_states({"parent": "RUNNING"})
     box.trigger("parent")
-    [oom] = box.wait_notifications(1, timeout=20)
+    [oom] = box.wait_incidents(1, timeout=20)
     assert oom["type"] == "oom" and oom["count"] == 1
     assert oom["process"] == {"name": None, "group": None, "pid": None}
     assert oom["Header"]["eventname"] == "TICK_5"
@@ -103,7 +103,7 @@ def test_a_child_oom_killed_while_its_program_lives_on(memory_cgroup: MemoryCgro
     assert [p["name"] for p in oom["memory"]["programs"]] == ["parent"]  # sampled at that TICK
     assert box.status()["parent"] == "RUNNING"  # the program lived on
     time.sleep(6)  # one more TICK_5: the kill is reported once, not again
-    assert len(box.check_files()) == 1
+    assert len(without_pressure(box.check_files())) == 1
     box.check_healthy()
 
 
@@ -128,8 +128,8 @@ def test_a_crash_and_a_death_by_signal_in_the_cgroup(memory_cgroup: MemoryCgroup
     pids = {name: box.pid(name) for name in ("three", "segv")}
     box.trigger("three")
     box.trigger("segv")
-    box.wait_notifications(2)
-    found = {n["process"]["name"]: n for n in box.check_files()}
+    box.wait_incidents(2)
+    found = {n["process"]["name"]: n for n in without_pressure(box.check_files())}
     assert set(found) == {"three", "segv"}
     three, killed = found["three"], found["segv"]
     assert three["type"] == "crash" and three["summary"] == "three crashed: exit status 3"
@@ -151,7 +151,7 @@ def test_a_shell_wrapped_oom_kill_is_exit_137(memory_cgroup: MemoryCgroup, sandb
     box.wait_states({"hog": "RUNNING"})
     pid = box.pid("hog")
     box.trigger("hog")
-    [oom] = box.wait_notifications(1)
+    [oom] = box.wait_incidents(1)
     assert "WARN exited: hog (exit status 137; not expected)" in box.log("supervisord.log")
     assert oom["type"] == "oom", oom
     assert oom["process"] == {"name": "hog", "group": "hog", "pid": pid}
@@ -177,8 +177,8 @@ def test_two_programs_oom_killed_within_a_second(memory_cgroup: MemoryCgroup, sa
         with contextlib.suppress(PermissionError):
             Path(f"/proc/{pid}/oom_score_adj").write_text("-1000")
     box.trigger("hogs")
-    box.wait_notifications(2)
-    found = box.check_files()
+    box.wait_incidents(2)
+    found = without_pressure(box.check_files())
     assert sorted((n["type"], n["process"]["name"]) for n in found) == [("oom", "hog1"), ("oom", "hog2")], found
     for n in found:
         assert n["process"]["pid"] == pids[n["process"]["name"]]
@@ -227,7 +227,7 @@ def test_a_key_navi_does_not_know_in_memory_events(
                 mirror()
             finally:
                 os.kill(navi, signal.SIGCONT)
-            [oom] = box.wait_notifications(1)
+            [oom] = box.wait_incidents(1)
             assert oom["type"] == "oom" and oom["process"]["name"] == "hog", oom
             check_figures(oom, memory_cgroup, oom_kill=1)
             box.check_healthy()

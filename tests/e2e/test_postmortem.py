@@ -16,7 +16,7 @@ import pytest
 
 from navi.demo.sandbox import program
 from navi.listener import cgroup
-from tests.helpers import MEMORY_LIMIT, triggered
+from tests.helpers import MEMORY_LIMIT, triggered, without_pressure
 
 if TYPE_CHECKING:
     from navi.listener.cgroup import MemoryCgroup
@@ -48,16 +48,16 @@ def test_a_kill_no_navi_lived_to_report_is_written_once_after_the_container_ende
     box.trigger("hog")
     box.wait_states({"hog": "EXITED"})
     box.stop()  # the container ends
-    assert box.notifications_list() == []
+    assert box.incidents() == []
     done = postmortem(memory_cgroup.path, box.mnt)
     assert done.returncode == 0, done.stderr
-    (n,) = box.check_files()
+    (n,) = without_pressure(box.check_files())
     assert n["type"] == "oom" and n["process"]["name"] is None and n["count"] == 1
     assert n["memory"]["oom_kill_rise"] == 1 and n["memory"]["cgroup_path"] == memory_cgroup.path
     assert "did not live to report" in n["summary"]
     again = postmortem(memory_cgroup.path, box.mnt)
     assert again.returncode == 0 and "already written" in again.stderr
-    assert len(box.check_files()) == 1
+    assert len(without_pressure(box.check_files())) == 1
     shown = postmortem(memory_cgroup.path, box.mnt, "--json")
     assert json.loads(shown.stdout)["id"] == n["id"]
 
@@ -88,11 +88,11 @@ def test_a_group_kill_of_the_whole_container_is_written_after_it(
     with open(os.path.join(memory_cgroup.path, "memory.events")) as f:
         events = cgroup.parse_flat_keyed(f.read())
     assert events["oom_group_kill"] == 1 and events["oom_kill"] >= 3, events
-    assert box.notifications_list() == []
+    assert box.incidents() == []
 
     done = postmortem(memory_cgroup.path, box.mnt)
     assert done.returncode == 0, done.stderr
-    (n,) = box.check_files()
+    (n,) = without_pressure(box.check_files())
     assert n["type"] == "oom" and n["count"] == 1 and n["process"]["name"] is None
     whole = "the kernel's OOM killer killed the whole container at once (memory.oom.group): supervisord, Navi and "
     assert n["summary"].startswith(whole), n["summary"]
@@ -104,7 +104,7 @@ def test_a_group_kill_of_the_whole_container_is_written_after_it(
     assert memory["problems"] == []
     again = postmortem(memory_cgroup.path, box.mnt)
     assert again.returncode == 0 and "already written" in again.stderr
-    assert len(box.check_files()) == 1
+    assert len(without_pressure(box.check_files())) == 1
 
 
 def test_nothing_is_written_when_navi_reported_the_kill(
@@ -113,12 +113,12 @@ def test_nothing_is_written_when_navi_reported_the_kill(
     box = sandbox(program("hog", HOG), root=scratch_dir, cgroup_dir=memory_cgroup.path)
     box.wait_states({"hog": "RUNNING"})
     box.trigger("hog")
-    [oom] = box.wait_notifications(1)
+    [oom] = box.wait_incidents(1)
     assert oom["type"] == "oom"
     box.stop()
     done = postmortem(memory_cgroup.path, box.mnt)
     assert done.returncode == 0 and "nothing to report" in done.stderr
-    assert len(box.check_files()) == 1
+    assert len(without_pressure(box.check_files())) == 1
 
 
 def test_a_missing_cgroup_is_one_line_and_status_1(scratch_dir: Path) -> None:

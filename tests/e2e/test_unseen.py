@@ -33,7 +33,7 @@ LATE_NAVI = "sh -c 'while [ ! -e {mnt}/tmp/go ]; do sleep 0.1; done; exec navi l
 
 
 def assert_oom_of_hog(box: E2ESandbox) -> dict[str, Any]:
-    found = box.wait_notifications(1, timeout=120)
+    found = box.wait_incidents(1, timeout=120)
     assert len(found) == 1, [(n["type"], n["summary"], n["notes"]) for n in found]
     [oom] = found
     assert oom["type"] == "oom", oom
@@ -66,7 +66,7 @@ def test_a_kill_while_navi_is_stopped_is_an_oom_when_it_starts(
     box.trigger("hog")
     box.wait_states({"hog": "EXITED"})
     assert "WARN exited: hog (terminated by SIGKILL; not expected)" in box.log("supervisord.log")
-    assert box.notifications_list() == []
+    assert box.incidents() == []
     box.ctl("start", "navi")
     assert_oom_of_hog(box)
     box.check_healthy(navi_starts=2)
@@ -106,7 +106,7 @@ def test_navi_itself_killed_by_the_oom_killer_is_reported_as_navi(
     box.wait_for(lambda: len(box.spawned_pids("navi")) == 2, 120, "Navi to be started again")
 
     def navis() -> list[dict[str, Any]]:
-        return [n for n in box.notifications_list() if n["process"]["name"] == "navi"]
+        return [n for n in box.incidents() if n["process"]["name"] == "navi"]
 
     # Under load the grabber may go on a moment too long and be killed in turn:
     # its own oom, and the one left at the next TICK is still Navi's.
@@ -116,7 +116,7 @@ def test_navi_itself_killed_by_the_oom_killer_is_reported_as_navi(
     assert own["exit"]["signal"] == "SIGKILL"
     assert own["summary"].startswith("Navi itself (navi) was killed by the kernel's OOM killer")
     assert "not the customer's program" in own["notes"][0]
-    others = [n for n in box.notifications_list() if n is not own and n["process"]["name"] != "navi"]
+    others = [n for n in box.incidents() if n is not own and n["process"]["name"] != "navi"]
     assert all(n["type"] == "oom" and n["process"]["name"] == "grabber" for n in others), others
     if others:
         return
