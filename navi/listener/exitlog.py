@@ -102,6 +102,10 @@ class ExitLog:
         self._own_spawn_seen = False
         self._own_spawns = 0  # spawned: lines of our name in this supervisord's lifetime
         self._own_ended = False  # our name's last line was its end, not a spawn
+        self._own_last: Optional[ExitRecord] = None  # our name's last end, if an unexpected exit
+        # The Navi before this one, SIGKILLed (perhaps by the OOM killer) just
+        # before this one was spawned: its EXITED is still to come.
+        self._predecessor: Optional[ExitRecord] = None
         self._pids: dict[str, int] = {}
         self._live: dict[str, int] = {}  # spawned, and not yet logged as ended
         self._records: OrderedDict[str, deque[ExitRecord]] = OrderedDict()
@@ -153,11 +157,16 @@ class ExitLog:
             if name == self._own_name and pid == self._own_pid:
                 self._own_spawn_seen = True
                 self._mark_stale()
+                if self._own_last is not None and is_sigkill(self._own_last.code, self._own_last.signal):
+                    self._predecessor = self._records[name][-1]  # its record, now marked stale
+            if name == self._own_name:
+                self._own_last = None
             return
         if self._own_name is not None and message.startswith(
             (f"stopped: {self._own_name} ", f"exited: {self._own_name} ")
         ):
             self._own_ended = True
+            self._own_last = None
         ended = _ENDED.match(message)
         if ended is not None:
             self._live.pop(ended["name"], None)
@@ -169,6 +178,8 @@ class ExitLog:
         if queue is None:
             queue = self._records[record.name] = deque(maxlen=MAX_PER_PROCESS)
         queue.append(record)
+        if record.name == self._own_name:
+            self._own_last = record
         self._records.move_to_end(record.name)  # least recently active first
         while len(self._records) > MAX_PROCESSES:
             self._records.popitem(last=False)
@@ -184,7 +195,10 @@ class ExitLog:
     def waiting(self, unseen: bool = False) -> int:
         """Unexpected deaths logged whose events have not been handled yet;
         with ``unseen``, also those logged while no Navi ran, before this one."""
-        return sum(1 for queue in self._programs() for r in queue if not r.stale or (unseen and r.unseen))
+        programs = sum(1 for queue in self._programs() for r in queue if not r.stale or (unseen and r.unseen))
+        # A TICK the killed Navi was busy with comes to this one before its
+        # EXITED (supervisord hands it on first): the kill waits for it too.
+        return programs + (self._predecessor is not None)
 
     def sigkills_waiting(self) -> int:
         """Deaths by SIGKILL (or a shell's 137) logged and not yet taken."""
@@ -207,6 +221,10 @@ class ExitLog:
         if found is None:
             return None
         while queue and queue[0] is not found:
+            if queue[0] is self._predecessor:
+                self._predecessor = None
             queue.popleft()
         queue.popleft()
+        if found is self._predecessor:
+            self._predecessor = None
         return found

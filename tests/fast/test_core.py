@@ -703,3 +703,20 @@ def test_a_restarted_navi_ends_the_episode_the_last_one_began_under_its_own_id()
     assert over.pressure is not None and began.pressure is not None
     assert over.pressure.phase == "ended" and over.pressure.episode == began.pressure.episode
     assert over.id != began.id
+
+
+def test_the_tick_a_dead_navi_was_busy_with_comes_first_and_leaves_the_kill_to_its_death() -> None:
+    """The OOM killer took Navi while it handled a TICK: supervisord hands
+    that TICK to the next Navi before Navi's own EXITED (seen in the VM
+    tier).  The kill waits for that death, which claims it."""
+    c = Core(ORIGIN, T0, 1, LIMITS, own_pid=99, cgroup_path=CGROUP)
+    c.first_log(
+        "2026-12-01 03:00:00,000 INFO spawned: 'navi' with pid 7\n"
+        "2026-12-01 03:00:05,100 WARN exited: navi (terminated by SIGKILL; not expected)\n"
+        "2026-12-01 03:00:05,200 INFO spawned: 'navi' with pid 99\n"
+    )
+    c.restore(decode(State, encode(last_state(0))), T0)
+    assert deliver(c, tick(10), oom_kill=1) is None  # the TICK it was busy with
+    assert deliver(c, exited(11, "navi", pid=7), oom_kill=1) is None
+    n = deliver(c, tick(12), oom_kill=1)
+    assert n is not None and n.type == "oom" and (n.process.name, n.process.pid) == ("navi", 7)

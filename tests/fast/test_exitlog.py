@@ -251,3 +251,30 @@ def test_sigkills_waiting_counts_untaken_kills() -> None:
     assert log.sigkills_waiting() == 2
     log.take("a", 1)
     assert log.sigkills_waiting() == 1
+
+
+def test_the_navi_before_this_one_killed_by_sigkill_is_a_death_still_to_come() -> None:
+    """Its EXITED may come after a TICK it was busy with: until then, a kill
+    counted waits for it.  Not an older Navi's, nor one that was stopped."""
+    lines = [
+        "2026-12-01 03:00:00,000 INFO spawned: 'navi' with pid 5",
+        "2026-12-01 03:00:01,000 WARN exited: navi (terminated by SIGKILL; not expected)",  # handled by pid 7
+        "2026-12-01 03:00:01,100 INFO spawned: 'navi' with pid 7",
+        "2026-12-01 03:00:05,100 WARN exited: navi (terminated by SIGKILL; not expected)",
+        "2026-12-01 03:00:05,200 INFO spawned: 'navi' with pid 99",
+    ]
+    log = ExitLog("navi", own_pid=99)
+    log.feed("".join(line + "\n" for line in lines))
+    log.first_read_done()
+    assert log.waiting() == 1
+    assert log.take("navi", 7) is not None
+    assert log.waiting() == 0
+    stopped = ExitLog("navi", own_pid=99)
+    stopped.feed(
+        "".join(
+            line + "\n"
+            for line in [*lines[:3], "2026-12-01 03:00:05,100 WARN stopped: navi (terminated by SIGTERM)", lines[4]]
+        )
+    )
+    stopped.first_read_done()
+    assert stopped.waiting() == 0
