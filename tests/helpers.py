@@ -446,6 +446,13 @@ class E2ESandbox(Sandbox):
             written = [(n.get("type"), n.get("summary")) for n in self.notifications_list()]
             raise TimeoutError(f"{e}\n--- navi.log:\n{self.log('navi.log')[-3000:]}\n--- written: {written}") from None
 
+    def wait_watched(self, name: str) -> int:
+        """Until Navi holds a pidfd of program ``name``'s pid (it read the
+        program's STARTING or RUNNING event); returns the pid."""
+        pid = self.pid(name)
+        self.wait_for(lambda: pid in pidfds(self.pid("navi")).values(), 60, f"Navi to watch {name} (pid {pid})")
+        return pid
+
     def incidents(self) -> list[dict[str, Any]]:
         """The notifications but the pressure episodes: a test of OOM kills
         may climb slowly enough (an emulated CPU's) for Navi to tell one."""

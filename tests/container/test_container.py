@@ -758,7 +758,10 @@ def _let_go(run: Run) -> None:
 def _observe(lab: Lab, run: Run) -> None:
     """Wait for the notification; look at the container from the host and
     from inside, while it lives."""
-    _wait(lambda: _notifications(run.volume), 60, f"a notification in {run.name}")
+    # The incident's (a pressure episode may come first, as the hog climbs).
+    _wait(
+        lambda: [n for n in _notifications(run.volume) if n["type"] != "pressure"], 60, f"a notification in {run.name}"
+    )
     pid = int(lab.podman("inspect", "--format", "{{.State.Pid}}", run.name).stdout)
     host = host_memory_cgroup(pid)
     snapshot = cgroup.read(host)
@@ -943,7 +946,8 @@ def _base(key: str) -> Base:
 def test_notification_as_the_platform_sees_it(outcome: Outcome, key: str, scenario: str) -> None:
     run = _run(outcome, key, scenario)
     expect = run.scenario
-    [found] = run.notifications
+    # A hog that climbs slowly enough may have Navi tell memory pressure too.
+    [found] = [n for n in run.notifications if n["type"] != "pressure"]
     assert found["type"] == expect.type
     assert found["process"]["name"] == expect.process
     assert found["exit"]["code"] == expect.code
@@ -968,8 +972,9 @@ def test_notification_as_the_platform_sees_it(outcome: Outcome, key: str, scenar
 @pytest.mark.parametrize("scenario", [s.name for s in SCENARIOS])
 def test_only_mop_wrote_and_only_in_its_places(outcome: Outcome, key: str, scenario: str) -> None:
     run = _run(outcome, key, scenario)
-    [name] = [p for p in run.owners if p.startswith("notifications/") and not p.startswith("notifications/.")]
-    assert own_name(name.split("/", 1)[1])
+    written = [p for p in run.owners if p.startswith("notifications/") and not p.startswith("notifications/.")]
+    assert len(written) == len(run.notifications) >= 1
+    assert all(own_name(name.split("/", 1)[1]) for name in written)
     # supervisord removes its socket and pid file when it stops; Navi keeps
     # its state beside the notifications.
     expected = {
@@ -980,13 +985,13 @@ def test_only_mop_wrote_and_only_in_its_places(outcome: Outcome, key: str, scena
         "log/navi.log",
         "log/start.log",
         "notifications",
-        name,
+        *written,
         f"notifications/{names.STATE_FILE}",
         "tmp",
     }
     assert set(run.owners) == expected
-    written = {path: owner for path, owner in run.owners.items() if path != "supervisor.conf"}
-    assert set(written.values()) == {(MOP_UID, MOP_GID)}
+    owners = {path: owner for path, owner in run.owners.items() if path != "supervisor.conf"}
+    assert set(owners.values()) == {(MOP_UID, MOP_GID)}
     # Nothing written in the container outside the volume (podman's own
     # /etc/hosts, /etc/hostname and /etc/resolv.conf aside).
     assert run.diff.split() in ([], ["C", "/etc"]), run.diff
@@ -1004,7 +1009,7 @@ def test_doctor_inside_the_container(outcome: Outcome, key: str, scenario: str) 
     version = r"4\.3\.\d+" if run.image.supervisor == "pypi" else re.escape(_base(key).supervisor)
     assert re.search(rf"^OK +supervisord +supervisord {version}, RUNNING, pid 1,", report, re.M), report
     assert re.search(r"^OK +listener +\[eventlistener:navi\] RUNNING", report, re.M)
-    assert re.search(r"^OK +notifications +/mnt/notifications: .* 1 notification\(s\) waiting", report, re.M)
+    assert re.search(r"^OK +notifications +/mnt/notifications: .* \d+ notification\(s\) waiting", report, re.M)
     assert re.search(
         r"^OK +memory cgroup +v\d at /sys/fs/cgroup\S* \(/proc/self/cgroup names "
         rf"{re.escape(run.cgroup_inside)}, which is not a path under the mount",

@@ -134,7 +134,7 @@ def test_sigsegv_with_core_dump(sandbox: SandboxFactory) -> None:
 def test_kill_9_from_outside_is_a_crash_not_oom(sandbox: SandboxFactory) -> None:
     box = sandbox(program("victim", "sleep 3600") + MARKER)
     box.wait_states({"victim": "RUNNING", "marker": "RUNNING"})
-    pid = box.pid("victim")
+    pid = box.wait_watched("victim")  # its death is read at once: its last words too
     os.kill(pid, signal.SIGKILL)
 
     [n] = drain(box, {"victim": "EXITED"})
