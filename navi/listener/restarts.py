@@ -18,10 +18,12 @@ from typing import Optional
 
 from navi.notification import CrashLoop, Deaths
 
-# Deaths remembered per program: enough for any window a setting asks for,
-# bounded in a storm.
+# Bursts remembered per program: a window of 10 minutes holds at most 601.
+# Beyond, the oldest two merge: every death is still counted, its time less
+# precisely.
 MAX_RECENT = 1000
 MAX_PROGRAMS = 1024
+BURST = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -32,13 +34,22 @@ class LoopLimits:
 
 
 @dataclass(frozen=True)
+class Burst:
+    """Deaths within BURST of the first: a storm of them is one entry,
+    whatever its size (they leave the window together, up to BURST early)."""
+
+    first: datetime
+    deaths: int = 1
+
+
+@dataclass(frozen=True)
 class ProgramDeaths:
     """One program's deaths, as saved."""
 
     key: str  # group:name
     total: int
     last: datetime
-    recent: list[datetime] = field(default_factory=list)  # within the window
+    recent: list[Burst] = field(default_factory=list)  # within the window
     loop_began: Optional[datetime] = None
     loop_first: Optional[datetime] = None  # its first death
     loop_deaths: int = 0
@@ -48,10 +59,14 @@ class ProgramDeaths:
 class _Program:
     last: datetime
     total: int = 0
-    recent: deque[datetime] = field(default_factory=lambda: deque(maxlen=MAX_RECENT))
+    recent: deque[Burst] = field(default_factory=deque)
     loop_began: Optional[datetime] = None
     loop_first: Optional[datetime] = None
     loop_deaths: int = 0
+
+
+def _count(recent: deque[Burst]) -> int:
+    return sum(b.deaths for b in recent)
 
 
 class Restarts:
@@ -70,14 +85,15 @@ class Restarts:
         self.changes += 1
         p.total += 1
         p.last = max(p.last, when)
-        p.recent.append(when)
+        self._add(p.recent, when)
         self._forget_old(p, when)
         if p.loop_began is not None:
             p.loop_deaths += 1
             return None
-        if len(p.recent) < self.limits.deaths:
+        recent = _count(p.recent)
+        if recent < self.limits.deaths:
             return None
-        p.loop_began, p.loop_first, p.loop_deaths = when, p.recent[0], len(p.recent)
+        p.loop_began, p.loop_first, p.loop_deaths = when, p.recent[0].first, recent
         return self._loop(p, when)
 
     def deaths(self, key: str, now: datetime) -> Deaths:
@@ -87,7 +103,7 @@ class Restarts:
             self._forget_old(p, now)
         return Deaths(
             total=p.total if p else 0,
-            recent=len(p.recent) if p else 0,
+            recent=_count(p.recent) if p else 0,
             window_seconds=int(self.limits.window.total_seconds()),
             crash_loop=p is not None and p.loop_began is not None,
         )
@@ -129,8 +145,19 @@ class Restarts:
             last_death=p.last,
         )
 
+    @staticmethod
+    def _add(recent: deque[Burst], when: datetime) -> None:
+        last = recent[-1] if recent else None
+        if last is not None and last.first <= when < last.first + BURST:
+            recent[-1] = Burst(last.first, last.deaths + 1)
+            return
+        if len(recent) >= MAX_RECENT:
+            oldest = recent.popleft()
+            recent[0] = Burst(oldest.first, oldest.deaths + recent[0].deaths)
+        recent.append(Burst(when))
+
     def _forget_old(self, p: _Program, now: datetime) -> None:
-        while p.recent and now - p.recent[0] > self.limits.window:
+        while p.recent and now - p.recent[0].first > self.limits.window:
             p.recent.popleft()
 
     def save(self) -> list[ProgramDeaths]:
@@ -143,11 +170,11 @@ class Restarts:
         """A previous Navi's counts, of the same supervisord; where this Navi
         has counted a program already, its own counts go on from them."""
         for s in saved:
-            p = _Program(s.last, s.total, deque(s.recent, maxlen=MAX_RECENT), s.loop_began, s.loop_first, s.loop_deaths)
+            p = _Program(s.last, s.total, deque(s.recent), s.loop_began, s.loop_first, s.loop_deaths)
             mine = self._programs.get(s.key)
             if mine is not None:
                 p.last, p.total = max(p.last, mine.last), p.total + mine.total
-                p.recent = deque(sorted([*p.recent, *mine.recent]), maxlen=MAX_RECENT)
+                p.recent = deque(sorted([*p.recent, *mine.recent], key=lambda b: b.first))
                 if p.loop_began is None:
                     p.loop_began, p.loop_first, p.loop_deaths = mine.loop_began, mine.loop_first, mine.loop_deaths
             self._programs[s.key] = p

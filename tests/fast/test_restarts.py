@@ -65,17 +65,17 @@ def test_counts_and_loops_survive_a_save_and_restore() -> None:
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "restart", "tick", "stop a"]), st.integers(0, 400)), max_size=120))
 def test_loops_alternate_and_totals_count_every_death(steps: list[tuple[str, int]]) -> None:
     """Whatever the deaths' timing: a program's loop begins and ends in turn,
-    its total is every death, its recent count never exceeds the total, and a
+    its total is every death, its recent count those in the window, and a
     save and restore at any point changes nothing."""
     r = Restarts(LIMITS)
     now = T0
     phases: dict[str, list[str]] = {"a:a": [], "b:b": []}
-    deaths = {"a:a": 0, "b:b": 0}
+    deaths: dict[str, list[datetime]] = {"a:a": [], "b:b": []}
     for what, gap in steps:
         now += timedelta(seconds=gap)
         if what in ("a", "b"):
             key = f"{what}:{what}"
-            deaths[key] += 1
+            deaths[key].append(now)
             loop = r.death(key, now)
             if loop:
                 phases[key].append(loop.phase)
@@ -93,5 +93,30 @@ def test_loops_alternate_and_totals_count_every_death(steps: list[tuple[str, int
     for key, seen in phases.items():
         assert seen == ["began", "ended"] * (len(seen) // 2) + ["began"] * (len(seen) % 2)
         counts = r.deaths(key, now)
-        assert counts.total == deaths[key] and 0 <= counts.recent <= counts.total
+        assert counts.total == len(deaths[key])
+        # Whole seconds apart, each burst is deaths at one moment: exact.
+        assert counts.recent == sum(1 for t in deaths[key] if now - t <= LIMITS.window)
         assert counts.crash_loop == (len(seen) % 2 == 1)
+
+
+def test_a_storm_is_counted_exactly_and_kept_small() -> None:
+    """5,000 deaths within 50 s: every one counted in the window, kept as
+    one entry per second; an hour later none is recent, and all are total."""
+    r = Restarts(LIMITS)
+    for i in range(5000):
+        r.death("web:web", T0 + timedelta(milliseconds=10 * i))
+    counts = r.deaths("web:web", T0 + timedelta(seconds=50))
+    assert (counts.total, counts.recent) == (5000, 5000)
+    [saved] = r.save()
+    assert len(saved.recent) == 50 and saved.recent[0].first == T0
+    later = r.deaths("web:web", T0 + timedelta(hours=1))
+    assert (later.total, later.recent) == (5000, 0)
+
+
+def test_more_bursts_than_kept_merge_the_oldest_and_lose_no_count() -> None:
+    r = Restarts(LoopLimits(deaths=5, window=timedelta(hours=2), calm=timedelta(minutes=10)))
+    for i in range(1500):  # one death every 2 s for 50 minutes: 1,500 bursts
+        r.death("web:web", T0 + timedelta(seconds=2 * i))
+    [saved] = r.save()
+    assert len(saved.recent) == 1000 and saved.recent[0].first == T0
+    assert r.deaths("web:web", T0 + timedelta(hours=1)).recent == 1500
