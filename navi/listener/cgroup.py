@@ -10,9 +10,11 @@ import contextlib
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
+
+from navi.notification import MemoryInfo, ProgramMemory
 
 STANDARD_ROOT = "/sys/fs/cgroup"
 
@@ -44,6 +46,20 @@ class MemorySnapshot:
     peak_bytes: Optional[int]
     oom_kill: Optional[int]
     problems: tuple[str, ...]
+
+    def info(self, rise: Optional[int], programs: Sequence[ProgramMemory] = ()) -> MemoryInfo:
+        """These figures as a notification carries them."""
+        return MemoryInfo(
+            cgroup_version=self.version,
+            cgroup_path=self.path,
+            limit_bytes=self.limit_bytes,
+            usage_bytes=self.usage_bytes,
+            peak_bytes=self.peak_bytes,
+            oom_kill=self.oom_kill,
+            oom_kill_rise=rise,
+            problems=list(self.problems),
+            programs=list(programs),
+        )
 
 
 @dataclass(frozen=True)

@@ -367,16 +367,7 @@ def _memory_info(
         return None
     if counter_problem:
         notes.append(f"{counter_problem}: an OOM kill cannot be told from a crash")
-    return MemoryInfo(
-        cgroup_version=snap.version,
-        cgroup_path=snap.path,
-        limit_bytes=snap.limit_bytes,
-        usage_bytes=snap.usage_bytes,
-        peak_bytes=snap.peak_bytes,
-        oom_kill=snap.oom_kill,
-        oom_kill_rise=rise,
-        problems=list(snap.problems),
-    )
+    return snap.info(rise)
 
 
 def _with_programs(memory: MemoryInfo, samples: tuple[RssSample, ...], victim: Optional[tuple[str, str]]) -> MemoryInfo:

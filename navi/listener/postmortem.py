@@ -33,7 +33,6 @@ from navi.notification import (
     SCHEMA_VERSION,
     ExitInfo,
     FormatError,
-    MemoryInfo,
     Notification,
     ProgramMemory,
     Source,
@@ -68,17 +67,7 @@ def judge(remains: Remains, host: str, now: datetime) -> Optional[Outgoing]:
     samples = sorted(state.samples if state else [], key=lambda s: s.rss_bytes, reverse=True)
     programs = [ProgramMemory(s.name, s.group, s.pid, s.rss_bytes, s.sampled_at) for s in samples]
     running = [p.name for p in state.running] if state else []
-    info = MemoryInfo(
-        cgroup_version=memory.version,
-        cgroup_path=memory.path,
-        limit_bytes=memory.limit_bytes,
-        usage_bytes=memory.usage_bytes,
-        peak_bytes=memory.peak_bytes,
-        oom_kill=memory.oom_kill,
-        oom_kill_rise=unreported,
-        problems=list(memory.problems),
-        programs=programs,
-    )
+    info = memory.info(unreported, programs)
     notes = ["written after the container ended, by navi postmortem on the host, from the cgroup and Navi's last state"]
     if state is None:
         notes.append("Navi left no state: every kill the cgroup counted is taken as unreported")
