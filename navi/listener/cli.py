@@ -66,27 +66,19 @@ def _env(name: str, default: Optional[str]) -> Optional[str]:
     return os.environ.get(name) or default
 
 
+def _option(parser: argparse.ArgumentParser, flag: str, metavar: str, default: Optional[str], text: str) -> None:
+    """An option that the variable NAVI_<FLAG> sets too, the help saying so."""
+    env = "NAVI_" + flag[2:].upper().replace("-", "_")
+    help_text = f"{text} [{env}] (default: %(default)s)"
+    parser.add_argument(flag, metavar=metavar, default=_env(env, default), help=help_text)
+
+
 def _listener_options(parser: argparse.ArgumentParser) -> None:
     """The options of ``navi listen``; ``navi doctor`` takes the same, so
     that it checks what the listener would use."""
-    parser.add_argument(
-        "--notifications-dir",
-        metavar="DIR",
-        default=_env("NAVI_NOTIFICATIONS_DIR", "/mnt/notifications"),
-        help="where notification files go [NAVI_NOTIFICATIONS_DIR] (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--cgroup-root",
-        metavar="DIR",
-        default=_env("NAVI_CGROUP_ROOT", "/sys/fs/cgroup"),
-        help="where cgroup filesystems are mounted [NAVI_CGROUP_ROOT] (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--proc-root",
-        metavar="DIR",
-        default=_env("NAVI_PROC_ROOT", "/proc"),
-        help="where procfs is mounted [NAVI_PROC_ROOT] (default: %(default)s)",
-    )
+    _option(parser, "--notifications-dir", "DIR", "/mnt/notifications", "where notification files go")
+    _option(parser, "--cgroup-root", "DIR", "/sys/fs/cgroup", "where cgroup filesystems are mounted")
+    _option(parser, "--proc-root", "DIR", "/proc", "where procfs is mounted")
     parser.add_argument(
         "--supervisor-url",
         metavar="URL",
@@ -100,12 +92,12 @@ def _listener_options(parser: argparse.ArgumentParser) -> None:
         default=_env("NAVI_SUPERVISORD_LOG", None),
         help="read supervisord's main log from this file instead of over XML-RPC [NAVI_SUPERVISORD_LOG]",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--max-files",
-        metavar="N",
-        default=_env("NAVI_MAX_FILES", str(MAX_FILES)),
-        help="hold new notifications back (counted, written later) while the directory holds N "
-        "[NAVI_MAX_FILES] (default: %(default)s)",
+        "N",
+        str(MAX_FILES),
+        "hold new notifications back (counted, written later) while the directory holds N",
     )
     parser.add_argument(
         "--max-bytes",
@@ -114,32 +106,27 @@ def _listener_options(parser: argparse.ArgumentParser) -> None:
         help="likewise for their total size in bytes [NAVI_MAX_BYTES] (default: %(default)s, "
         "on a volume of 2 GB shared with the application)",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--burst",
-        metavar="N",
-        default=_env("NAVI_BURST", str(BURST)),
-        help="in a crash storm, write the first N notifications of each program and type one by one "
-        "[NAVI_BURST] (default: %(default)s)",
+        "N",
+        str(BURST),
+        "in a crash storm, write the first N notifications of each program and type one by one",
     )
-    parser.add_argument(
-        "--pace",
-        metavar="SECONDS",
-        default=_env("NAVI_PACE", f"{PACE:g}"),
-        help="then one per SECONDS, each counting the incidents held since [NAVI_PACE] (default: %(default)s)",
-    )
-    parser.add_argument(
+    _option(parser, "--pace", "SECONDS", f"{PACE:g}", "then one per SECONDS, each counting the incidents held since")
+    _option(
+        parser,
         "--quiet",
-        metavar="SECONDS",
-        default=_env("NAVI_QUIET", f"{QUIET:g}"),
-        help="a storm is over after SECONDS without an incident: what it held is written at the next TICK_5 "
-        "[NAVI_QUIET] (default: %(default)s)",
+        "SECONDS",
+        f"{QUIET:g}",
+        "a storm is over after SECONDS without an incident: what it held is written at the next TICK_5",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--oom-window",
-        metavar="SECONDS",
-        default=_env("NAVI_OOM_WINDOW", f"{OOM_WINDOW:g}"),
-        help="an OOM kill no program's death has claimed within SECONDS is the container's [NAVI_OOM_WINDOW] "
-        "(default: %(default)s)",
+        "SECONDS",
+        f"{OOM_WINDOW:g}",
+        "an OOM kill no program's death has claimed within SECONDS is the container's",
     )
     parser.add_argument(
         "--no-output-tail",
@@ -148,44 +135,42 @@ def _listener_options(parser: argparse.ArgumentParser) -> None:
         help="do not read the end of a dead program's stdout and stderr (its last words) into its notifications "
         "[NAVI_NO_OUTPUT_TAIL=1]",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--loop-deaths",
-        metavar="N",
-        default=_env("NAVI_LOOP_DEATHS", str(LOOP_DEATHS)),
-        help="a program that dies N times within --loop-window is in a crash loop [NAVI_LOOP_DEATHS] "
-        "(default: %(default)s)",
+        "N",
+        str(LOOP_DEATHS),
+        "a program that dies N times within --loop-window is in a crash loop",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--loop-window",
-        metavar="SECONDS",
-        default=_env("NAVI_LOOP_WINDOW", f"{LOOP_WINDOW:g}"),
-        help="that window; also the span of a notification's deaths.recent [NAVI_LOOP_WINDOW] (default: %(default)s)",
+        "SECONDS",
+        f"{LOOP_WINDOW:g}",
+        "that window; also the span of a notification's deaths.recent",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--loop-calm",
-        metavar="SECONDS",
-        default=_env("NAVI_LOOP_CALM", f"{LOOP_CALM:g}"),
-        help="a crash loop is over when its program has not died for SECONDS [NAVI_LOOP_CALM] (default: %(default)s)",
+        "SECONDS",
+        f"{LOOP_CALM:g}",
+        "a crash loop is over when its program has not died for SECONDS",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--pressure-begin",
-        metavar="PERCENT",
-        default=_env("NAVI_PRESSURE_BEGIN", f"{PRESSURE_BEGIN:g}"),
-        help="memory pressure begins when the working set reaches PERCENT of the limit [NAVI_PRESSURE_BEGIN] "
-        "(default: %(default)s)",
+        "PERCENT",
+        f"{PRESSURE_BEGIN:g}",
+        "memory pressure begins when the working set reaches PERCENT of the limit",
     )
-    parser.add_argument(
+    _option(
+        parser,
         "--pressure-end",
-        metavar="PERCENT",
-        default=_env("NAVI_PRESSURE_END", f"{PRESSURE_END:g}"),
-        help="and ends once it has stayed below PERCENT for --pressure-calm [NAVI_PRESSURE_END] (default: %(default)s)",
+        "PERCENT",
+        f"{PRESSURE_END:g}",
+        "and ends once it has stayed below PERCENT for --pressure-calm",
     )
-    parser.add_argument(
-        "--pressure-calm",
-        metavar="SECONDS",
-        default=_env("NAVI_PRESSURE_CALM", f"{PRESSURE_CALM:g}"),
-        help="that time [NAVI_PRESSURE_CALM] (default: %(default)s)",
-    )
+    _option(parser, "--pressure-calm", "SECONDS", f"{PRESSURE_CALM:g}", "that time")
     parser.add_argument(
         "--original-dir",
         metavar="DIR",
