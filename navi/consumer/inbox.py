@@ -49,12 +49,11 @@ from typing import Any, Optional, Union
 from navi import names
 from navi.consumer import entries as core
 from navi.consumer.entries import Accept, Entry, Ignore, Open, Wait, kind_of, shown
-from navi.fdio import write_all
+from navi.fdio import READ_UNTRUSTED, write_all
 from navi.names import CLAIM_DIR, MAX_SIZE, QUARANTINE
 from navi.notification import Notification
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 # O_PATH opens the inode without opening the file: a device's driver never
 # sees it.  Linux only; elsewhere the file is opened (non-blocking) as is.
 _PATH = getattr(os, "O_PATH", 0)
@@ -465,7 +464,7 @@ def _read(dir_fd: int, name: str) -> Optional[core.Verdict]:
     regular file, read at most ``MAX_SIZE + 1`` bytes, and judge them.
     None: gone."""
     try:
-        path_fd = os.open(name, (_PATH or _READ) | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        path_fd = os.open(name, (_PATH or READ_UNTRUSTED) | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -496,9 +495,9 @@ def _reopen(path_fd: int, dir_fd: int, name: str) -> int:
     """Open for reading the very inode ``path_fd`` holds (through /proc, so
     that nothing swapped in at the name meanwhile is opened)."""
     try:
-        return os.open(f"/proc/self/fd/{path_fd}", _READ & ~os.O_NOFOLLOW)
+        return os.open(f"/proc/self/fd/{path_fd}", READ_UNTRUSTED & ~os.O_NOFOLLOW)
     except FileNotFoundError:  # no /proc: open by name, and make sure it is the same file
-        fd = os.open(name, _READ, dir_fd=dir_fd)
+        fd = os.open(name, READ_UNTRUSTED, dir_fd=dir_fd)
         a, b = os.fstat(fd), os.fstat(path_fd)
         if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
             os.close(fd)

@@ -15,6 +15,7 @@ import stat
 from dataclasses import replace
 from typing import Optional
 
+from navi.fdio import READ_UNTRUSTED
 from navi.listener import lastwords, procs, rpc
 from navi.listener.lastwords import MAX_BYTES, Window
 from navi.listener.protocol import Event
@@ -22,7 +23,6 @@ from navi.notification import Output
 
 # Backups read at most: enough to fill MAX_BYTES from logs rotated at 410 bytes.
 MAX_BACKUPS = 10
-_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 class _NotRegular(Exception):
@@ -32,7 +32,7 @@ class _NotRegular(Exception):
 def _end(path: str, size: int) -> tuple[bytes, bool]:
     """The last ``size`` bytes of the regular file ``path``, and whether that
     is all of it."""
-    fd = os.open(path, _OPEN)
+    fd = os.open(path, READ_UNTRUSTED)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
